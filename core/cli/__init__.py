@@ -1,0 +1,25 @@
+"""The `praefect` command line.
+
+Each command group lives in its own module and registers itself on `main`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from praefect.core import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="praefect")
+def main() -> None:
+    """praefect: a highly available router for git storage (Gitaly protocol)."""
+
+
+def _register_commands() -> None:
+    # Imported for their side effect of adding commands to `main`; kept in one
+    # place so the order of `praefect --help` is stable.
+    from praefect.core.cli import config_cmd  # noqa: F401
+
+
+_register_commands()
