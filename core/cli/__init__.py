@@ -19,7 +19,7 @@ def main() -> None:
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to `main`; kept in one
     # place so the order of `praefect --help` is stable.
-    from praefect.core.cli import config_cmd  # noqa: F401
+    from praefect.core.cli import config_cmd, node_cmd  # noqa: F401
 
 
 _register_commands()

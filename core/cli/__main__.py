@@ -1,0 +1,3 @@
+from praefect.core.cli import main
+
+main()

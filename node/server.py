@@ -1,0 +1,122 @@
+"""The storage node server: configuration and lifecycle.
+
+`NodeServerConfig` is plain data; `NodeServer` owns the grpc.aio server and
+has the uvicorn-style lifecycle `startup()`, `serve()`, `shutdown()`. Tests
+use it as an async context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from praefect.core import __version__
+from praefect.node.auth import TokenAuthInterceptor
+from praefect.node.context import NodeContext
+from praefect.node.git import run_git
+from praefect.node.services import SERVICE_MODULES
+from praefect.node.storage import StorageLocator
+
+log = logging.getLogger("praefect.node")
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class NodeServerConfig:
+    listen_addr: str
+    storages: dict[str, Path]
+    token: str
+    graceful_stop_timeout: float = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    allow_v1_tokens: bool = False
+    extra_options: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("the node needs a token (--token or node.token)")
+        if not self.storages:
+            raise ValueError("the node needs at least one storage (--storage NAME=PATH)")
+
+
+class NodeServer:
+    def __init__(self, config: NodeServerConfig) -> None:
+        self.config = config
+        self.server: aio.Server | None = None
+        self.bound_addr: str | None = None
+        self.health = health.aio.HealthServicer()
+        self._stopping = asyncio.Event()
+
+    async def startup(self) -> None:
+        for name, root in self.config.storages.items():
+            root.mkdir(parents=True, exist_ok=True)
+            log.info("storage %s at %s", name, root)
+        git_version = (await run_git(["version"])).stdout.decode().strip().removeprefix("git version ")
+        ctx = NodeContext(
+            locator=StorageLocator(self.config.storages),
+            token=self.config.token,
+            server_version=__version__,
+            git_version=git_version,
+        )
+        options = [
+            ("grpc.max_receive_message_length", self.config.max_message_size),
+            ("grpc.max_send_message_length", self.config.max_message_size),
+            ("grpc.so_reuseport", 0),
+            *self.config.extra_options,
+        ]
+        self.server = aio.server(
+            interceptors=[TokenAuthInterceptor(self.config.token, allow_v1=self.config.allow_v1_tokens)],
+            options=options,
+        )
+        for module in SERVICE_MODULES:
+            module.register(self.server, ctx)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        host, _, _ = self.config.listen_addr.rpartition(":")
+        port = self.server.add_insecure_port(self.config.listen_addr)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.config.listen_addr}")
+        self.bound_addr = f"{host}:{port}"
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("praefect node listening on %s", self.bound_addr)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        if self.server is None:
+            return
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.config.graceful_stop_timeout if grace is None else grace)
+        self.server = None
+
+    async def serve(self) -> None:
+        """Start, print the bound address, and run until SIGTERM or SIGINT."""
+        await self.startup()
+        # The line tests and scripts wait for; flushed so pipes see it at once.
+        print(f"praefect node listening on {self.bound_addr}", flush=True)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, self._stopping.set)
+        await self._stopping.wait()
+        log.info("stopping: waiting up to %.0f s for calls in flight", self.config.graceful_stop_timeout)
+        await self.shutdown()
+
+    async def __aenter__(self) -> NodeServer:
+        await self.startup()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown(grace=0)
+
