@@ -52,6 +52,9 @@ RESERVED_ENVVARS: Final = frozenset(
         SETTINGS_FILE_ENVVAR,
         SECRETS_FILE_ENVVAR,
         "PRAEFECT_NODE_TOKEN",  # `praefect node serve --token`
+        "PRAEFECT_GATEWAY_PASSWORD",  # `praefect gateway --password`
+        "PRAEFECT_GIT_BINARY",  # the git the node runs
+        "PRAEFECT_TRACE_HOOKS",  # log every hook call
     }
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.support.gitenv import git_env
 
-LISTENING = re.compile(rb"listening on (\S+)")
+LISTENING = re.compile(rb"^praefect [\w-]+ listening on (\S+)")
 PRAEFECT = [sys.executable, "-m", "praefect.core.cli"]
 
 
