@@ -12,4 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+# After __version__: modules imported here read it.
+from praefect.core.hookspecs import hookimpl
+
+__all__ = ["__version__", "hookimpl"]

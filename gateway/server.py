@@ -10,13 +10,12 @@ gets 503 with a message that says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from types import TracebackType
 
 from aiohttp import web
 
+from praefect.core.lifecycle import serve_until_stopped
 from praefect.gateway.app import ACCESS_LOG_FORMAT, make_app
 from praefect.gateway.config import GatewayConfig
 from praefect.gateway.router import RouterClient
@@ -84,19 +83,15 @@ class GatewayServer:
 
     async def serve(self) -> None:
         """Start, print the bound address, and run until SIGTERM or SIGINT."""
-        await self.startup()
-        # The line tests and scripts wait for; flushed so pipes see it at once.
-        print(f"praefect gateway listening on {self.bound_addr}", flush=True)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, self._stopping.set)
-        await self._stopping.wait()
-        log.info(
-            "stopping: waiting up to %.0f s for transfers in flight",
-            self.config.graceful_stop_timeout,
+        await serve_until_stopped(
+            "gateway",
+            startup=self.startup,
+            shutdown=self.shutdown,
+            bound_addr=lambda: self.bound_addr,
+            stopping=self._stopping,
+            stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
+            "for transfers in flight",
         )
-        await self.shutdown()
 
     def stop(self) -> None:
         """Make `serve()` return (as SIGTERM does)."""

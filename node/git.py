@@ -113,17 +113,43 @@ async def spawn_git(
     try:
         yield process
     finally:
-        if process.returncode is None:
-            kill_process_group(process)
-            # Shield the reap so a second cancellation cannot leave a zombie.
-            await asyncio.shield(process.wait())
+        # Shield the reap so a second cancellation cannot leave a zombie.
+        await asyncio.shield(kill_and_reap(process))
+
+
+async def kill_and_reap(process: asyncio.subprocess.Process) -> None:
+    """Kill git's process group if it still runs, then reap it.
+
+    The pipes are read to their end first: asyncio's `wait()` also waits for
+    every pipe to close, and a pipe paused with unread output (the client
+    went away mid-stream) never would. Once the group is dead nothing writes
+    to them, so this ends quickly.
+    """
+    if process.returncode is None:
+        kill_process_group(process)
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                while await stream.read(PIPE_CHUNK_SIZE):
+                    pass
+    await process.wait()
+    # Release the pipes' file descriptors now, not in the garbage collector.
+    transport = getattr(process, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 def kill_process_group(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    # Signal only the group: calling `process.kill()` as well makes Python
+    # poll the child itself and can reap it before asyncio's child watcher,
+    # which then reports exit status 255.
+    try:
         os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
 
 async def read_chunks(stream: asyncio.StreamReader, size: int = PIPE_CHUNK_SIZE) -> AsyncIterator[bytes]:

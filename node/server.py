@@ -8,9 +8,7 @@ use it as an async context manager.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +17,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from praefect.core import __version__
+from praefect.core.lifecycle import serve_until_stopped
 from praefect.node.auth import TokenAuthInterceptor
 from praefect.node.context import NodeContext
 from praefect.node.git import run_git
@@ -97,16 +96,15 @@ class NodeServer:
 
     async def serve(self) -> None:
         """Start, print the bound address, and run until SIGTERM or SIGINT."""
-        await self.startup()
-        # The line tests and scripts wait for; flushed so pipes see it at once.
-        print(f"praefect node listening on {self.bound_addr}", flush=True)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, self._stopping.set)
-        await self._stopping.wait()
-        log.info("stopping: waiting up to %.0f s for calls in flight", self.config.graceful_stop_timeout)
-        await self.shutdown()
+        await serve_until_stopped(
+            "node",
+            startup=self.startup,
+            shutdown=self.shutdown,
+            bound_addr=lambda: self.bound_addr,
+            stopping=self._stopping,
+            stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
+            "for calls in flight",
+        )
 
     async def __aenter__(self) -> NodeServer:
         await self.startup()

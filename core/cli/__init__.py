@@ -19,7 +19,14 @@ def main() -> None:
 def _register_commands() -> None:
     # Imported for their side effect of adding commands to `main`; kept in one
     # place so the order of `praefect --help` is stable.
-    from praefect.core.cli import config_cmd, node_cmd  # noqa: F401
+    from praefect.core.cli import (  # noqa: F401
+        check_cmd,
+        config_cmd,
+        gateway_cmd,
+        node_cmd,
+        plugins_cmd,
+        serve_cmd,
+    )
 
 
 _register_commands()
