@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from praefect.node.git_bridge import GIT_CONFIG_ALLOW_EXT, bridge_env, bridge_ur
 from praefect.node.gitaly_servers import GitalyServer
 from praefect.node.replication_remote import RemoteHead, source_head, source_object_format
 from praefect.node.repository_files import (
+    ensure_absent,
     init_bare,
     move_into_place,
     read_object_format,
@@ -82,6 +84,10 @@ async def fetch_from_source(git_dir: Path, source: shared_pb2.Repository, server
     # The bridge passes GIT_PROTOCOL on: the source answers in protocol v2,
     # so only the refs asked for are listed.
     env["GIT_PROTOCOL"] = "version=2"
+    # git's environment is rebuilt from scratch; the bridge is Python and
+    # must still find this installation when it is not a virtualenv.
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     result = await run_git(
         [
             *GIT_CONFIG_ALLOW_EXT,
@@ -149,6 +155,7 @@ async def replicate_repository(
             await _fill(target.path, channel, source, server)
             return
 
+        ensure_absent(target)  # a non-repository in the way is the caller's to clear
         async with scratch_directory(target, "replicate-") as scratch:
             prepared = scratch / "repository.git"
             await init_bare(prepared, object_format=format_name)

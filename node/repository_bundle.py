@@ -11,7 +11,7 @@ into place; any failure leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ async def _full_chunks(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def stream_bundle(location: RepositoryLocation) -> AsyncIterator[bytes]:
+async def stream_bundle(location: RepositoryLocation) -> AsyncGenerator[bytes, None]:
     """The bundle of every ref of `location`, produced by git as it is read."""
     if not await has_refs(location.path):
         raise FailedPrecondition(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -47,8 +48,11 @@ def rpc(method: F) -> F:
         @functools.wraps(method)
         async def stream_wrapper(self: NodeServicer, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                async for response in method(self, request, context):
-                    yield response
+                # aclosing: a cancelled call closes the inner generator now,
+                # so its `finally` (killing git) runs without waiting for GC.
+                async with contextlib.aclosing(method(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
             except (NodeError, GitCommandError, UnicodeDecodeError, ValueError, OSError) as error:
                 await _abort_for(error, self.ctx, context, name)
 

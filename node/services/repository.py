@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,9 @@ class RepositoryServicer(NodeServicer, repository_pb2_grpc.RepositoryServiceServ
     @rpc
     async def CreateBundle(self, request: pb.CreateBundleRequest, context: aio.ServicerContext) -> AsyncIterator[pb.CreateBundleResponse]:
         location = locate_repository(self.ctx, request.repository)
-        async for chunk in stream_bundle(location):
-            yield pb.CreateBundleResponse(data=chunk)
+        async with aclosing(stream_bundle(location)) as chunks:
+            async for chunk in chunks:
+                yield pb.CreateBundleResponse(data=chunk)
 
     @rpc
     async def CreateRepositoryFromBundle(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from typing import Any, Protocol
 
 from grpc import aio
@@ -128,7 +129,7 @@ async def serve_pack(
     requests: AsyncIterator[Any],
     service: str,
     response_type: Any,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Run ``git <service>`` (upload-pack, receive-pack) for a request stream
     and yield `response_type` messages: stdout/stderr chunks, then exit_status."""
     first = await anext(requests, None)
@@ -168,15 +169,19 @@ class SSHServicer(NodeServicer, ssh_pb2_grpc.SSHServiceServicer):  # type: ignor
     async def SSHUploadPack(
         self, request_iterator: AsyncIterator[ssh_pb2.SSHUploadPackRequest], context: aio.ServicerContext
     ) -> AsyncIterator[ssh_pb2.SSHUploadPackResponse]:
-        async for response in serve_pack(self.ctx, request_iterator, "upload-pack", ssh_pb2.SSHUploadPackResponse):
-            yield response
+        # aclosing: git is killed as soon as this call ends, not when the
+        # abandoned generator happens to be collected.
+        async with aclosing(serve_pack(self.ctx, request_iterator, "upload-pack", ssh_pb2.SSHUploadPackResponse)) as responses:
+            async for response in responses:
+                yield response
 
     @rpc
     async def SSHReceivePack(
         self, request_iterator: AsyncIterator[ssh_pb2.SSHReceivePackRequest], context: aio.ServicerContext
     ) -> AsyncIterator[ssh_pb2.SSHReceivePackResponse]:
-        async for response in serve_pack(self.ctx, request_iterator, "receive-pack", ssh_pb2.SSHReceivePackResponse):
-            yield response
+        async with aclosing(serve_pack(self.ctx, request_iterator, "receive-pack", ssh_pb2.SSHReceivePackResponse)) as responses:
+            async for response in responses:
+                yield response
 
 
 def register(server: aio.Server, ctx: NodeContext) -> None:

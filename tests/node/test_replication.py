@@ -319,3 +319,18 @@ async def test_only_missing_objects_travel(cluster: Cluster, stubs: Stubs, tmp_p
     second = git(["count-objects", "-v"], cwd=cluster.root_b / path)
     assert "packs: 1" in second and "count: 3" in second
     assert len(set(await checksums(stubs, path))) == 1
+
+
+async def test_a_non_repository_in_the_way_is_reported_and_kept(cluster: Cluster, stubs: Stubs) -> None:
+    stub_a, stub_b = stubs
+    path = "occupied.git"
+    await stub_a.CreateRepository(pb.CreateRepositoryRequest(repository=on_a(path)), metadata=auth(TOKEN_A))
+    (cluster.root_b / path).mkdir(parents=True)
+    (cluster.root_b / path / "notes.txt").write_text("keep me\n")
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await replicate(stub_b, cluster, path)
+
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "not a repository" in (raised.value.details() or "")
+    assert (cluster.root_b / path / "notes.txt").read_text() == "keep me\n"

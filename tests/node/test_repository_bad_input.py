@@ -4,7 +4,7 @@ never a storage's absolute path in the message."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -16,7 +16,7 @@ from praefect.protos.gitaly import shared_pb2, ssh_pb2, ssh_pb2_grpc
 from tests.support.grpc_client import auth
 from tests.support.repository_calls import expect_error, files_under, node_auth, repository_stub
 
-Call = Callable[[aio.Channel, shared_pb2.Repository | None, tuple[tuple[str, str], ...]], Awaitable[object]]
+Call = Callable[[aio.Channel, shared_pb2.Repository | None, Sequence[tuple[str, str]]], Awaitable[object]]
 
 
 async def _stream(call: AsyncIterator[object]) -> None:

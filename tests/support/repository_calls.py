@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,7 @@ def repo(relative_path: str, storage: str = STORAGE) -> shared_pb2.Repository:
     return shared_pb2.Repository(storage_name=storage, relative_path=relative_path)
 
 
-def node_auth(token: str = NODE_TOKEN) -> tuple[tuple[str, str], ...]:
+def node_auth(token: str = NODE_TOKEN) -> Sequence[tuple[str, str]]:
     return auth(token)
 
 
