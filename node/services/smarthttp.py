@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from grpc import aio
@@ -31,6 +30,7 @@ from praefect.node.repository_args import locate_repository
 from praefect.node.services.base import NodeServicer
 from praefect.node.services.base import rpc as _rpc
 from praefect.node.storage import RepositoryLocation
+from praefect.node.transport_options import git_config_arguments, git_protocol_environment
 from praefect.protos.gitaly import smarthttp_pb2, smarthttp_pb2_grpc
 
 # Bound with an explicit type: mypy run on single files cannot follow the
@@ -44,65 +44,12 @@ RECEIVE_PACK = "receive-pack"
 # any reachable object by id.
 UPLOAD_PACK_DEFAULTS = ("uploadpack.allowFilter=true", "uploadpack.allowAnySHA1InWant=true")
 
-# Per-call config reaches git as `-c`, which git trusts like system config:
-# keys such as uploadpack.packObjectsHook or core.sshCommand run commands.
-# Callers may therefore only tune the transfer itself.
-ALLOWED_CONFIG_SECTIONS = frozenset({"uploadpack", "uploadpackfilter", "receive", "transfer", "pack"})
-FORBIDDEN_CONFIG_KEYS = frozenset({"uploadpack.packobjectshook"})
-_CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(\.[^\x00-\x1f]+)?\.[A-Za-z][A-Za-z0-9-]*$")
-
-# GIT_PROTOCOL is a colon-separated list of `key` or `key=value` items.
-_PROTOCOL_ITEM = re.compile(r"^[A-Za-z0-9._-]+(=[A-Za-z0-9._-]*)?$")
-
 STDERR_TAIL_BYTES = 16 * 1024
 
 
 _Request = TypeVar(
     "_Request", smarthttp_pb2.PostUploadPackRequest, smarthttp_pb2.PostReceivePackRequest
 )
-
-
-def git_config_arguments(options: Iterable[str], defaults: Sequence[str] = ()) -> list[str]:
-    """`-c key=value` arguments for per-call git config, after validation.
-
-    Raises InvalidArgument for an option that git could read as something
-    else than one config pair, or that sets a key outside the transfer
-    sections (see ALLOWED_CONFIG_SECTIONS).
-    """
-    arguments: list[str] = []
-    for option in (*defaults, *options):
-        key, sep, value = option.partition("=")
-        if option.startswith("-") or not sep or not key:
-            raise InvalidArgument(
-                f"invalid git config option {option!r}: expected 'section.key=value'"
-            )
-        if not _CONFIG_KEY.match(key) or "\x00" in value or "\n" in value:
-            raise InvalidArgument(
-                f"invalid git config option {option!r}: {key!r} is not a git config key "
-                "or the value contains a NUL or newline"
-            )
-        section = key.split(".", 1)[0].lower()
-        if section not in ALLOWED_CONFIG_SECTIONS or key.lower() in FORBIDDEN_CONFIG_KEYS:
-            allowed = ", ".join(f"{name}.*" for name in sorted(ALLOWED_CONFIG_SECTIONS))
-            raise InvalidArgument(
-                f"git config option {key!r} may not be set per call: only {allowed} keys are "
-                "accepted (and not uploadpack.packObjectsHook)"
-            )
-        arguments += ["-c", option]
-    return arguments
-
-
-def git_protocol_environment(git_protocol: str) -> dict[str, str]:
-    """GIT_PROTOCOL for git, as git-http-backend passes the `Git-Protocol`
-    header on; empty when the caller speaks protocol v0."""
-    if not git_protocol:
-        return {}
-    if not all(_PROTOCOL_ITEM.match(item) for item in git_protocol.split(":")):
-        raise InvalidArgument(
-            f"invalid git_protocol {git_protocol!r}: expected items like 'version=2' "
-            "separated by ':'"
-        )
-    return {"GIT_PROTOCOL": git_protocol}
 
 
 def protocol_version(git_protocol: str) -> int:

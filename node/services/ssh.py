@@ -13,8 +13,7 @@ with git's own message and a non-zero exit status.
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Protocol
 
@@ -26,30 +25,9 @@ from praefect.node.git import read_chunks, spawn_git
 from praefect.node.repository_args import locate_repository
 from praefect.node.services.base import NodeServicer
 from praefect.node.services.base import rpc as _rpc
+from praefect.node.transport_options import git_config_arguments, git_protocol_environment
 from praefect.protos.gitaly import shared_pb2, ssh_pb2, ssh_pb2_grpc
 
-# section[.subsection].key=value, as `git -c` takes it.
-_CONFIG_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(\.[^\x00\n=]+)?\.[A-Za-z][A-Za-z0-9-]*$")
-_ALLOWED_SECTIONS = frozenset({"uploadpack", "receive", "transfer", "pack", "core"})
-# Keys in those sections that would make git run a command or read other files.
-_DENIED_KEYS = frozenset(
-    {
-        "uploadpack.packobjectshook",
-        "core.sshcommand",
-        "core.hookspath",
-        "core.fsmonitor",
-        "core.pager",
-        "core.editor",
-        "core.askpass",
-        "core.gitproxy",
-        "core.alternaterefscommand",
-        "core.attributesfile",
-        "core.excludesfile",
-        "core.worktree",
-    }
-)
-# GIT_PROTOCOL is colon-separated key[=value] items, e.g. "version=2".
-_GIT_PROTOCOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*(:[A-Za-z0-9][A-Za-z0-9._=-]*)*$")
 _QUEUE_DEPTH = 4
 
 # Bound with an explicit type: mypy run on single files cannot follow the
@@ -59,37 +37,6 @@ rpc: Callable[[Callable[..., Any]], Callable[..., Any]] = _rpc
 
 class PackRequest(Protocol):
     stdin: bytes
-
-
-def git_config_arguments(options: Iterable[str]) -> list[str]:
-    """``-c key=value`` arguments for git, refusing anything that is not a
-    plain setting of the sections git's transport reads."""
-    arguments: list[str] = []
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or not _CONFIG_KEY.match(key) or "\x00" in value or "\n" in value:
-            raise InvalidArgument(
-                f"invalid git_config_options entry {option!r}: expected 'section.key=value'"
-            )
-        section = key.split(".", 1)[0].lower()
-        if section not in _ALLOWED_SECTIONS:
-            allowed = ", ".join(sorted(_ALLOWED_SECTIONS))
-            raise InvalidArgument(
-                f"git_config_options entry {option!r} is not allowed: only the sections {allowed} "
-                "may be set"
-            )
-        if key.lower() in _DENIED_KEYS or (section == "core" and "." in key.split(".", 1)[1]):
-            raise InvalidArgument(f"git_config_options entry {option!r} is not allowed on a node")
-        arguments += ["-c", f"{key}={value}"]
-    return arguments
-
-
-def git_protocol_env(git_protocol: str) -> dict[str, str]:
-    if not git_protocol:
-        return {}
-    if not _GIT_PROTOCOL.match(git_protocol):
-        raise InvalidArgument(f"invalid git_protocol {git_protocol!r}: expected e.g. 'version=2'")
-    return {"GIT_PROTOCOL": git_protocol}
 
 
 async def _feed_stdin(
@@ -137,7 +84,7 @@ async def serve_pack(
         raise InvalidArgument("empty request stream: the first request must name the repository")
     location = locate_repository(ctx, first.repository if first.HasField("repository") else None)
     config = git_config_arguments(first.git_config_options)
-    env = git_protocol_env(first.git_protocol)
+    env = git_protocol_environment(first.git_protocol)
 
     async with spawn_git([*config, service, str(location.path)], stdin=True, env=env) as process:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None

@@ -469,7 +469,7 @@ async def test_unsafe_git_config_options_are_invalid_argument(
         call_rpc(channel, method, repository(), auth(NODE_TOKEN), git_config_options=[option]),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert "git config option" in details
+    assert "git_config_options entry" in details
 
 
 @pytest.mark.parametrize("method", RPCS)
