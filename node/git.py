@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -88,6 +88,27 @@ async def run_git(
     return result
 
 
+@dataclass(slots=True)
+class GitProcessInfo:
+    """One git process as a process observer sees it (see `set_process_observer`)."""
+
+    args: tuple[str, ...]
+    pid: int | None = None
+    returncode: int | None = None
+
+
+ProcessObserver = Callable[[GitProcessInfo], contextlib.AbstractContextManager[object]]
+_process_observer: ProcessObserver | None = None
+
+
+def set_process_observer(observer: ProcessObserver | None) -> None:
+    """Run every git process inside `observer(info)`, entered before the spawn
+    and left once the process is reaped (node/telemetry.py: a span per
+    process); None removes it."""
+    global _process_observer
+    _process_observer = observer
+
+
 @contextlib.asynccontextmanager
 async def spawn_git(
     args: Sequence[str],
@@ -100,21 +121,26 @@ async def spawn_git(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start git; on exit from the block (normal, error or cancellation) make
     sure the process group is gone and the process reaped."""
-    process = await asyncio.create_subprocess_exec(
-        *git_argv(args, git_dir),
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE if stderr_to_pipe else asyncio.subprocess.DEVNULL,
-        cwd=str(cwd) if cwd else None,
-        env=base_environment(env),
-        start_new_session=True,
-        limit=PIPE_CHUNK_SIZE * 4,
-    )
-    try:
-        yield process
-    finally:
-        # Shield the reap so a second cancellation cannot leave a zombie.
-        await asyncio.shield(kill_and_reap(process))
+    info = GitProcessInfo(tuple(args))
+    observer = _process_observer
+    with observer(info) if observer is not None else contextlib.nullcontext():
+        process = await asyncio.create_subprocess_exec(
+            *git_argv(args, git_dir),
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if stderr_to_pipe else asyncio.subprocess.DEVNULL,
+            cwd=str(cwd) if cwd else None,
+            env=base_environment(env),
+            start_new_session=True,
+            limit=PIPE_CHUNK_SIZE * 4,
+        )
+        info.pid = process.pid
+        try:
+            yield process
+        finally:
+            # Shield the reap so a second cancellation cannot leave a zombie.
+            await asyncio.shield(kill_and_reap(process))
+            info.returncode = process.returncode
 
 
 async def kill_and_reap(process: asyncio.subprocess.Process) -> None:

@@ -23,6 +23,8 @@ from praefect.node.context import NodeContext
 from praefect.node.git import run_git
 from praefect.node.services import SERVICE_MODULES
 from praefect.node.storage import StorageLocator
+from praefect.node.telemetry import node_interceptor, observe_git_processes, setup_node_process
+from praefect.settings import TracingConfig
 
 log = logging.getLogger("praefect.node")
 
@@ -38,6 +40,10 @@ class NodeServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     allow_v1_tokens: bool = False
     extra_options: list[tuple[str, int]] = field(default_factory=list)
+    #: process-wide, applied by serve(): tracing settings (None: OTEL_* variables
+    #: only) and the log format (text or json)
+    tracing: TracingConfig | None = None
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -71,8 +77,12 @@ class NodeServer:
             ("grpc.so_reuseport", 0),
             *self.config.extra_options,
         ]
+        observe_git_processes()
         self.server = aio.server(
-            interceptors=[TokenAuthInterceptor(self.config.token, allow_v1=self.config.allow_v1_tokens)],
+            interceptors=[
+                node_interceptor(),  # first: also observes calls the token check rejects
+                TokenAuthInterceptor(self.config.token, allow_v1=self.config.allow_v1_tokens),
+            ],
             options=options,
         )
         for module in SERVICE_MODULES:
@@ -96,15 +106,19 @@ class NodeServer:
 
     async def serve(self) -> None:
         """Start, print the bound address, and run until SIGTERM or SIGINT."""
-        await serve_until_stopped(
-            "node",
-            startup=self.startup,
-            shutdown=self.shutdown,
-            bound_addr=lambda: self.bound_addr,
-            stopping=self._stopping,
-            stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
-            "for calls in flight",
-        )
+        flush_telemetry = setup_node_process(self.config.tracing, self.config.log_format)
+        try:
+            await serve_until_stopped(
+                "node",
+                startup=self.startup,
+                shutdown=self.shutdown,
+                bound_addr=lambda: self.bound_addr,
+                stopping=self._stopping,
+                stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
+                "for calls in flight",
+            )
+        finally:
+            flush_telemetry()
 
     async def __aenter__(self) -> NodeServer:
         await self.startup()

@@ -104,6 +104,7 @@ class TracingConfig:
     endpoint: str
     protocol: str
     service_name: str
+    sample_ratio: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,10 @@ class FailoverConfig:
     enabled: bool
     health_check_interval: float
     health_check_timeout: float
+    probe_timeout: float = 2.0
+    vote_window: float = 5.0
+    ack_replicas: int = 1
+    ack_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +227,7 @@ class Config:
                 "endpoint": self.tracing.endpoint,
                 "protocol": self.tracing.protocol,
                 "service_name": self.tracing.service_name,
+                "sample_ratio": self.tracing.sample_ratio,
             },
             "server": {
                 "graceful_stop_timeout": self.server.graceful_stop_timeout,
@@ -237,6 +243,10 @@ class Config:
                 "enabled": self.failover.enabled,
                 "health_check_interval": self.failover.health_check_interval,
                 "health_check_timeout": self.failover.health_check_timeout,
+                "probe_timeout": self.failover.probe_timeout,
+                "vote_window": self.failover.vote_window,
+                "ack_replicas": self.failover.ack_replicas,
+                "ack_timeout": self.failover.ack_timeout,
             },
             "node": {
                 "listen_addr": self.node.listen_addr,

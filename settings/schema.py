@@ -99,6 +99,7 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     exclusive_minimum: bool = False
+    maximum: float | None = None
     #: extra check of a non-empty string; returns what is wrong, or None
     check: Callable[[str], str | None] | None = None
     required: Requirement = Requirement.OPTIONAL
@@ -148,6 +149,13 @@ def _check_tcp_listen_address(value: str) -> str | None:
         parse_address(value, allow_unix=False, allow_port_zero=True)
     except AddressError as exc:
         return str(exc)
+    return None
+
+
+def _check_otlp_endpoint(value: str) -> str | None:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{value!r} is not an http:// or https:// URL, e.g. http://collector:4317"
     return None
 
 
@@ -310,30 +318,43 @@ SCHEMA: Final[tuple[Key | Table, ...]] = (
     Key(
         "tracing.exporter",
         "str",
-        "where spans go: none, console (stdout, for development) or otlp",
+        "where spans go: none, console (stdout, for development) or otlp; "
+        "at the default, OTEL_TRACES_EXPORTER decides",
         default="none",
         choices=("none", "console", "otlp"),
     ),
     Key(
         "tracing.endpoint",
         "str",
-        'the OTLP collector endpoint; "" uses the exporter default '
-        "(OTEL_EXPORTER_OTLP_ENDPOINT or localhost)",
+        'the OTLP collector endpoint, http:// (plaintext) or https:// (TLS); "" uses '
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else localhost (4317 for grpc, 4318 for http)",
         default="",
+        check=_check_otlp_endpoint,
     ),
     Key(
         "tracing.protocol",
         "str",
-        "the OTLP transport",
+        "the OTLP transport: grpc, or http (protobuf over HTTP); at the default, "
+        "OTEL_EXPORTER_OTLP_PROTOCOL decides",
         default="grpc",
         choices=("grpc", "http"),
     ),
     Key(
         "tracing.service_name",
         "str",
-        "service.name of the spans",
+        "prefix of service.name: each process adds its role (praefect-router, "
+        "praefect-node, praefect-replicate); OTEL_SERVICE_NAME overrides it",
         default="praefect",
         required=_R.ALWAYS,
+    ),
+    Key(
+        "tracing.sample_ratio",
+        "float",
+        "share of new traces that are recorded, 0 to 1; a call that arrives with a "
+        "sampled trace context is always recorded. At the default, OTEL_TRACES_SAMPLER decides",
+        default=1.0,
+        minimum=0,
+        maximum=1,
     ),
     Table("server", "the router's gRPC server"),
     Key(
@@ -400,6 +421,40 @@ SCHEMA: Final[tuple[Key | Table, ...]] = (
         "float",
         "seconds a health check may take before the node counts as failing",
         default=1.0,
+        minimum=0,
+        exclusive_minimum=True,
+    ),
+    Key(
+        "failover.probe_timeout",
+        "float",
+        "seconds the storage probe (ServerInfo: the node writes and reads a file in each "
+        "storage) may take before the node counts as failing",
+        default=2.0,
+        minimum=0,
+        exclusive_minimum=True,
+    ),
+    Key(
+        "failover.vote_window",
+        "float",
+        "seconds a router's health vote counts: routers not heard from for longer are "
+        "left out of the majority (keep it above health_check_interval + probe_timeout)",
+        default=5.0,
+        minimum=0,
+        exclusive_minimum=True,
+    ),
+    Key(
+        "failover.ack_replicas",
+        "int",
+        "healthy replicas that must have a write before the client gets its OK (0: "
+        "acknowledge at once; then a primary that dies usually leaves its repositories read-only)",
+        default=1,
+        minimum=0,
+    ),
+    Key(
+        "failover.ack_timeout",
+        "float",
+        "seconds a write waits for ack_replicas before it is acknowledged anyway",
+        default=5.0,
         minimum=0,
         exclusive_minimum=True,
     ),

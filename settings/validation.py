@@ -204,6 +204,10 @@ class _Validator:
                 minimum = int(key.minimum) if float(key.minimum).is_integer() else key.minimum
                 self.report(path, f"must be {bound} {minimum}, got {value}", key.hint)
                 return None
+        if key.maximum is not None and isinstance(value, int | float) and value > key.maximum:
+            maximum = int(key.maximum) if float(key.maximum).is_integer() else key.maximum
+            self.report(path, f"must be at most {maximum}, got {value}", key.hint)
+            return None
         if required and _is_empty(value):
             message = "not set" if value == key.default else "must not be empty"
             self.report(path, message, key.hint)
