@@ -102,6 +102,10 @@ class Cluster:
     def healthy_nodes(self, virtual_storage: str) -> tuple[NodeRef, ...]:
         return tuple(node for node in self.nodes(virtual_storage) if self._healthy[node])
 
+    def unhealthy_nodes(self) -> tuple[NodeRef, ...]:
+        """Every node marked down, in every virtual storage."""
+        return tuple(node for node, healthy in self._healthy.items() if not healthy)
+
     # -- repository primaries -------------------------------------------------
 
     def primary(self, virtual_storage: str, relative_path: str) -> NodeRef:

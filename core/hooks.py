@@ -44,6 +44,7 @@ _AWAITED_HOOKS = (
     "on_mutation_failed",
     "on_node_down",
     "on_node_up",
+    "on_failover",
     "startup",
     "shutdown",
 )
@@ -131,6 +132,18 @@ class Hooks:
 
     async def on_node_up(self, node: NodeRef) -> None:
         await self._broadcast_logged("on_node_up", node=node)
+
+    async def on_failover(
+        self, virtual_storage: str, relative_path: str, old: NodeRef, new: NodeRef, reason: str
+    ) -> None:
+        await self._broadcast_logged(
+            "on_failover",
+            virtual_storage=virtual_storage,
+            relative_path=relative_path,
+            old=old,
+            new=new,
+            reason=reason,
+        )
 
     def register_services(self, router: Router, registrar: ServiceRegistrar) -> None:
         self._pm.hook.register_services(router=router, registrar=registrar)

@@ -142,21 +142,42 @@ def on_mutation_failed(mutation: Mutation, failure: MutationFailure) -> Awaitabl
 
 @hookspec
 def on_node_down(node: NodeRef, reason: str) -> Awaitable[None] | None:
-    """The router's health view of ``node`` changed from up to down.
+    """The health view of ``node`` changed from up to down.
 
     Called on every plugin (each result awaited in turn) by
-    :meth:`praefect.core.router.Router.set_node_health`; ``reason`` says why
-    (for example the failed health check). Exceptions are logged.
+    :meth:`praefect.core.router.Router.set_node_health` or
+    :meth:`~praefect.core.router.Router.announce_node_health`; ``reason``
+    says why (for example the failed health check). With the default
+    failover plugin the view is the one all routers share (a majority of
+    their votes in Redis), and the hook fires once per change of it in the
+    whole cluster, on the router that recorded the change. Exceptions are
+    logged.
     """
 
 
 @hookspec
 def on_node_up(node: NodeRef) -> Awaitable[None] | None:
-    """The router's health view of ``node`` changed from down to up.
+    """The health view of ``node`` changed from down to up.
 
-    Called on every plugin (each result awaited in turn) by
-    :meth:`praefect.core.router.Router.set_node_health`. Exceptions are
+    Called like ``on_node_down``: by ``set_node_health`` or
+    ``announce_node_health``, once per change of the shared view in the
+    whole cluster when the failover plugin checks health. Exceptions are
     logged.
+    """
+
+
+@hookspec
+def on_failover(
+    virtual_storage: str, relative_path: str, old: NodeRef, new: NodeRef, reason: str
+) -> Awaitable[None] | None:
+    """The primary of a repository moved from ``old`` to ``new`` automatically.
+
+    Called on every plugin (each result awaited in turn) once per move in
+    the whole cluster: on the router whose election in Redis made it (the
+    other routers follow the new primary without this hook). ``reason``
+    says why, for example ``"gitaly-1 is down"``. Moves made with
+    ``praefect failover`` or ``praefect accept-dataloss`` do not fire it.
+    Exceptions are logged. Return value: ignored.
     """
 
 

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "praefect.plugins.auth",
     "praefect.plugins.routing",
     "praefect.plugins.replication",
+    "praefect.plugins.failover",
 )
 
 #: third-party plugins declare an entry point in this group

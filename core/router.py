@@ -117,6 +117,21 @@ class Router:
         """Record ``node``'s health; fire ``on_node_down``/``on_node_up`` on a change."""
         if not self.cluster.set_healthy(node, healthy):
             return
+        await self._announce(node, healthy, reason)
+
+    async def announce_node_health(self, node: NodeRef, healthy: bool, reason: str = "") -> None:
+        """Record ``node``'s health and fire ``on_node_down``/``on_node_up`` in any case.
+
+        For a change of the health view that several routers share: the
+        router that recorded the change calls this (so the hooks fire once
+        in the whole cluster), the others only follow it with
+        :meth:`~praefect.core.cluster.Cluster.set_healthy`, even when their
+        own view had already changed.
+        """
+        self.cluster.set_healthy(node, healthy)
+        await self._announce(node, healthy, reason)
+
+    async def _announce(self, node: NodeRef, healthy: bool, reason: str) -> None:
         if healthy:
             log.info("node %s is up", node)
             await self.hooks.on_node_up(node)

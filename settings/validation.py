@@ -58,6 +58,7 @@ def validate(
     validator = _Validator(frozenset(active), origins or {})
     normalized = validator.table(schema_tree(), data, "")
     validator.check_primaries(normalized.get("virtual_storages"))
+    validator.check_processes_share_redis(normalized)
     if validator.problems:
         raise SettingsError(validator.problems)
     return _build(normalized, sources)
@@ -269,6 +270,21 @@ class _Validator:
                     f"{len(primaries)} primary nodes ({', '.join(primaries)})",
                     "exactly one node of a virtual storage may have primary = true",
                 )
+
+
+    def check_processes_share_redis(self, data: Mapping[str, Any]) -> None:
+        server = data.get("server")
+        redis = data.get("redis")
+        if not isinstance(server, Mapping) or not isinstance(redis, Mapping):
+            return
+        processes = server.get("processes")
+        if isinstance(processes, int) and processes > 1 and not redis.get("url"):
+            self.report(
+                "server.processes",
+                f"{processes} router processes need a shared Redis, but redis.url is empty "
+                "(the embedded Redis belongs to one process)",
+                "set redis.url to a Redis all processes reach, or server.processes = 1",
+            )
 
 
 def _build(d: dict[str, Any], sources: tuple[str, ...]) -> Config:

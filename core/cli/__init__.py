@@ -22,9 +22,12 @@ def _register_commands() -> None:
     from praefect.core.cli import (  # noqa: F401
         check_cmd,
         config_cmd,
+        demo_cmd,
+        failover_cmd,
         gateway_cmd,
         node_cmd,
         plugins_cmd,
+        replication_cmd,
         serve_cmd,
     )
 

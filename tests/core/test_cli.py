@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from praefect.plugins.replication.embedded_redis import EmbeddedRedis
 from praefect.protos.gitaly import repository_pb2, shared_pb2
 from tests.core.conftest import Nodes
 from tests.support.grpc_client import auth
@@ -107,7 +108,8 @@ async def test_serve_sigterm_lets_calls_in_flight_finish(tmp_path: Path) -> None
                 await _wait_refused(router.address)
                 assert not in_flight.done()
                 node.release.set()
-                assert await in_flight == node.calls[0].requests[0]
+                (exists_call,) = [call for call in node.calls if call.method == EXISTS]
+                assert await in_flight == exists_call.requests[0]
             status = await asyncio.to_thread(router.process.wait, 20)
         finally:
             router.stop()
@@ -133,8 +135,13 @@ async def _wait_refused(address: str, within: float = 10.0) -> None:
 
 
 async def test_serve_with_several_processes_shares_one_port(tmp_path: Path) -> None:
-    async with recording_node() as node:
-        settings = write_settings(tmp_path / "praefect.toml", {"gitaly-1": node.address}, server={"processes": 2})
+    async with recording_node() as node, EmbeddedRedis(tmp_path / "redis") as redis:
+        settings = write_settings(
+            tmp_path / "praefect.toml",
+            {"gitaly-1": node.address},
+            server={"processes": 2},
+            redis={"url": redis.url},
+        )
         router = await asyncio.to_thread(
             start_process, ["serve", "--config", str(settings), "--listen", "127.0.0.1:0"], env=clean_env()
         )

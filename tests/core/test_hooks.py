@@ -370,3 +370,42 @@ async def test_hook_shutdown(nodes: Nodes) -> None:
         pass
     # the broken plugin ran first and did not stop the others; channels still open
     assert plugin.events == ["startup 2 channels", "shutdown 2 channels"]
+
+
+# -- failover ----------------------------------------------------------------------------------
+
+
+class FailoverRecorder:
+    def __init__(self) -> None:
+        self.moves: list[tuple[str, str, str, str, str]] = []
+
+    @hookimpl
+    async def on_failover(
+        self, virtual_storage: str, relative_path: str, old: NodeRef, new: NodeRef, reason: str
+    ) -> None:
+        self.moves.append((virtual_storage, relative_path, old.name, new.name, reason))
+
+
+async def test_hook_on_failover(tmp_path: Any) -> None:
+    # Real nodes, Redis, replication and failover: the hook fires when the
+    # primary of a tracked repository dies and another replica takes over.
+    from tests.support.failover_cluster import (
+        commit_file,
+        create_repository,
+        eventually,
+        failover_cluster,
+    )
+
+    recorder = FailoverRecorder()
+    async with failover_cluster(tmp_path) as cluster, cluster.router(("recorder", recorder)) as router:
+        assert router.bound_addr
+        async with aio.insecure_channel(router.bound_addr) as channel:
+            await create_repository(channel, "a.git")
+            await commit_file(channel, "a.git", "main", "one.txt")
+            cluster.nodes["gitaly-1"].stop()
+            await eventually(lambda: recorder.moves, what="on_failover")
+            await commit_file(channel, "a.git", "main", "two.txt")  # the new primary takes writes
+    ((vs, path, old, new, reason),) = recorder.moves
+    assert (vs, path, old) == ("praefect", "a.git", "gitaly-1")
+    assert new in ("gitaly-2", "gitaly-3") and reason.startswith("gitaly-1 is down")
+    assert new == (await cluster.store.require("praefect", "a.git")).primary

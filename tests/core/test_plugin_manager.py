@@ -43,7 +43,9 @@ def test_blocked_plugins_are_not_registered() -> None:
 
 
 def test_a_router_without_routing_refuses_to_start() -> None:
-    settings = router_settings({"gitaly-1": "tcp://127.0.0.1:9001"}, plugins={"blocked": ["praefect.plugins.routing"]})
+    # the failover plugin's `route` only routes around a down primary
+    blocked = ["praefect.plugins.routing", "praefect.plugins.failover"]
+    settings = router_settings({"gitaly-1": "tcp://127.0.0.1:9001"}, plugins={"blocked": blocked})
     router = Router(RouterConfig(settings), load_entry_points=False)
     with pytest.raises(RouterStartError, match="no plugin implements route"):
         router.open()
@@ -73,7 +75,11 @@ def test_later_plugins_run_first_and_defaults_last() -> None:
         def route(self, call: Call, cluster: Cluster) -> None: ...
 
     pm = build_plugin_manager(load_entry_points=False, extra_plugins=[("mine", Mine())])
-    assert Hooks(pm).implementers("route") == ("mine", "praefect.plugins.routing")
+    assert Hooks(pm).implementers("route") == (
+        "mine",
+        "praefect.plugins.failover",
+        "praefect.plugins.routing",
+    )
 
 
 def test_trace_hooks_logs_hook_calls(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

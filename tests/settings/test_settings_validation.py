@@ -395,3 +395,11 @@ def test_problem_str() -> None:
     assert str(Problem("a.b", "wrong", "fix it")) == "a.b: wrong (fix it)"
     assert str(Problem("a.b", "wrong")) == "a.b: wrong"
     assert str(SettingsError([Problem("a", "b")])) == "1 problem in the settings:\n  a: b"
+
+
+def test_several_router_processes_need_a_shared_redis(good_mapping: dict[str, Any]) -> None:
+    good_mapping["server"] = {"processes": 2}
+    problem = problems_of(good_mapping)["server.processes"]
+    assert "redis.url is empty" in problem.message
+    good_mapping["redis"] = {"url": "redis://127.0.0.1:6379/0"}
+    assert Config.from_mapping(good_mapping).server.processes == 2

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,10 @@ def router_settings_mapping(
             }
         },
     }
+    # Every router gets its own embedded Redis: two routers on one data
+    # directory are refused, and tests must not share state by accident.
+    # Short path: the Redis unix socket lives in it (108-byte limit).
+    data["redis"] = {"data_dir": tempfile.mkdtemp(prefix="praefect-redis-")}
     data.update(sections)
     return data
 

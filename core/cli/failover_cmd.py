@@ -1,0 +1,383 @@
+"""Failover commands: ``praefect failover``, ``accept-dataloss``, ``metadata``.
+
+Like the replication commands they work on Redis directly with the router's
+settings (``--config``): ``redis.url``, or the socket of the embedded Redis
+that a running router owns in ``redis.data_dir``. Every change goes through
+the same atomic scripts the routers use, and the routers' state caches
+follow it within milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import click
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.table import Table
+
+from praefect.core.cli import main as _main
+from praefect.core.cli.options import config_option as _config_option
+from praefect.core.cli.options import load_config_or_exit
+from praefect.plugins.failover.election import Elector
+from praefect.plugins.failover.votes import HealthVotes, NodeView
+from praefect.plugins.replication.embedded_redis import connect
+from praefect.plugins.replication.runtime import redis_url_for
+from praefect.plugins.replication.state import RepositoryMetadata, RepositoryStore
+from praefect.settings import Config
+
+T = TypeVar("T")
+
+# Typed names for the shared group and option (mypy run on file paths cannot
+# follow the editable install's praefect.* imports and would see Any).
+main: click.Group = _main
+config_option: Callable[[Callable[..., None]], Callable[..., None]] = _config_option
+
+#: exit status when Redis cannot be used or (part of) the request was refused
+FAILURE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Redis:
+    store: RepositoryStore
+    votes: HealthVotes
+    elector: Elector
+
+
+def _fail(message: str) -> None:
+    click.echo(f"praefect: {message}", err=True)
+    raise SystemExit(FAILURE)
+
+
+def _run(settings: Config, work: Callable[[_Redis], Awaitable[T]]) -> T:
+    """Run ``work`` on the settings' Redis; Redis trouble exits with a message."""
+
+    async def runner() -> T:
+        client = connect(redis_url_for(settings))
+        try:
+            await client.ping()
+            store = RepositoryStore(client)
+            votes = HealthVotes(client, window=settings.failover.vote_window)
+            return await work(_Redis(store, votes, Elector(store, votes.scripts)))
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(runner())
+    except (RedisError, OSError) as error:
+        hint = (
+            "check redis.url"
+            if settings.redis.url
+            else "redis.url is empty: start the router that owns the embedded Redis in "
+            "redis.data_dir, or set redis.url"
+        )
+        _fail(f"cannot use Redis ({error}): {hint}")
+        raise  # unreachable
+
+
+def _virtual_storage(settings: Config, chosen: str | None) -> str:
+    names: tuple[str, ...] = tuple(settings.virtual_storage_names)
+    if chosen is not None:
+        if chosen not in names:
+            _fail(f"unknown virtual storage {chosen!r}: the settings have {', '.join(names)}")
+        return chosen
+    if len(names) != 1:
+        _fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
+    return names[0]
+
+
+def _node(settings: Config, vs: str, name: str) -> str:
+    nodes: tuple[str, ...] = settings.virtual_storage(vs).node_names
+    if name not in nodes:
+        _fail(f"node {name!r} is not in virtual storage {vs!r} (it has {', '.join(nodes)})")
+    return name
+
+
+def _changes(count: int) -> str:
+    return f"{count} change{'' if count == 1 else 's'}"
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+_VS_OPTION = click.option(
+    "--virtual-storage", "virtual_storage", metavar="NAME",
+    help="The virtual storage (needed when several are configured).",
+)
+
+
+# ------------------------------------------------------------- failover
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    path: str
+    before: str
+    result: str
+    refused: bool = False
+
+
+@main.command("failover")
+@config_option
+@_VS_OPTION
+@click.option("--to", "target", required=True, metavar="NODE", help="The node that becomes primary.")
+@click.option(
+    "--relative-path", "relative_path", metavar="PATH",
+    help="Only this repository (default: every repository of the virtual storage).",
+)
+@click.option(
+    "--force", is_flag=True,
+    help="Also move repositories of which NODE is outdated: the changes it lacks are lost.",
+)
+def failover_command(
+    config: Path | None,
+    secrets: Path | None,
+    virtual_storage: str | None,
+    target: str,
+    relative_path: str | None,
+    force: bool,
+) -> None:
+    """Make NODE the primary of one repository or of all of them.
+
+    A repository of which NODE is behind is refused (and listed with the
+    changes it lacks) unless --force: then NODE's copy becomes authoritative,
+    the other replicas are replicated from it, and the listed changes are
+    lost. A node the routers see down is refused.
+    """
+    settings = load_config_or_exit(config, secrets)
+    vs = _virtual_storage(settings, virtual_storage)
+    _node(settings, vs, target)
+
+    async def move_all(redis: _Redis) -> list[_Move]:
+        view = await redis.votes.view(vs)
+        state = view.get(target)
+        if state is not None and not state.healthy:
+            _fail(
+                f"{target} is down in the routers' health view (since {_when(state)}): "
+                "choose a healthy node, or wait until it is back"
+            )
+        if relative_path is not None:
+            repositories = [await redis.store.get(vs, relative_path)]
+            if repositories[0] is None:
+                _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+        else:
+            repositories = list(await redis.store.list_repositories(vs))
+        return [
+            await _move(redis, repo, target, force) for repo in repositories if repo is not None
+        ]
+
+    moves = _run(settings, move_all)
+    if not moves:
+        click.echo(f"Virtual storage {vs} tracks no repositories: nothing to move.")
+        return
+    table = Table(title=f"Failover of virtual storage {vs} to {target}")
+    for column in ("Repository", "Primary before", "Result"):
+        table.add_column(column)
+    for move in moves:
+        table.add_row(move.path, move.before, move.result)
+    console = _console()
+    console.print(table)
+    refused = [move for move in moves if move.refused]
+    moved = sum(1 for move in moves if move.result.startswith(("moved", "forced")))
+    console.print(f"{moved} moved, {len(refused)} refused, {len(moves) - moved - len(refused)} unchanged.")
+    if refused:
+        console.print(
+            "Refused repositories keep their primary. Wait until replication brings "
+            f"{target} up to date, or run again with --force to lose what it lacks."
+        )
+        raise SystemExit(FAILURE)
+
+
+async def _move(redis: _Redis, repo: RepositoryMetadata, target: str, force: bool) -> _Move:
+    vs, path, before = repo.virtual_storage, repo.relative_path, repo.primary
+    if before == target:
+        return _Move(path, before, "already the primary")
+    if target not in repo.assigned:
+        return _Move(path, before, f"refused: {target} holds no replica (not assigned)", True)
+    have = repo.replica_generation(target)
+    if have < 0:
+        return _Move(path, before, f"refused: {target} has no replica yet", True)
+    behind = repo.generation - have
+    if behind > 0 and not force:
+        return _Move(
+            path, before,
+            f"refused: {target} is behind by {_changes(behind)}, which would be lost", True,
+        )
+    change = await redis.store.set_primary(vs, path, target, expected=before)
+    if change.status == "conflict":
+        return _Move(path, before, f"refused: the primary changed meanwhile to {change.primary}; run again", True)
+    if not change.changed:
+        return _Move(path, before, f"refused: {change.status}", True)
+    if behind <= 0:
+        return _Move(path, before, "moved")
+    record = await redis.store.set_authoritative(vs, path, target)
+    await redis.elector.acknowledge(vs, path, target, record.generation)
+    return _Move(
+        path, before,
+        f"forced: {_changes(behind)} lost; {target} is authoritative at generation "
+        f"{record.generation}",
+    )
+
+
+# ------------------------------------------------------- accept-dataloss
+
+
+@main.command("accept-dataloss")
+@config_option
+@_VS_OPTION
+@click.option(
+    "--relative-path", "relative_path", required=True, metavar="PATH",
+    help="The repository's relative path.",
+)
+@click.option(
+    "--authoritative-storage", "authoritative", required=True, metavar="NODE",
+    help="The node whose copy becomes the repository's.",
+)
+def accept_dataloss_command(
+    config: Path | None,
+    secrets: Path | None,
+    virtual_storage: str | None,
+    relative_path: str,
+    authoritative: str,
+) -> None:
+    """Make NODE's copy of a repository authoritative, accepting what it lacks.
+
+    NODE's replica gets a new generation of the repository and becomes its
+    primary; every other replica is outdated and replicated from NODE. Use it
+    for a repository that `praefect dataloss` lists as read-only because no
+    up-to-date replica is healthy.
+    """
+    settings = load_config_or_exit(config, secrets)
+    vs = _virtual_storage(settings, virtual_storage)
+    _node(settings, vs, authoritative)
+
+    async def accept(redis: _Redis) -> list[str]:
+        repo = await redis.store.get(vs, relative_path)
+        if repo is None:
+            _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+        assert repo is not None
+        if authoritative not in repo.assigned:
+            _fail(
+                f"{authoritative} holds no replica of {relative_path!r} (assigned: "
+                f"{', '.join(repo.assigned)})"
+            )
+        have = repo.replica_generation(authoritative)
+        if have < 0:
+            _fail(f"{authoritative} has no replica of {relative_path!r}: choose a node that has one")
+        record = await redis.store.set_authoritative(vs, relative_path, authoritative)
+        for _ in range(5):
+            current = await redis.store.require(vs, relative_path)
+            if current.primary == authoritative:
+                break
+            change = await redis.store.set_primary(
+                vs, relative_path, authoritative, expected=current.primary
+            )
+            if change.status != "conflict":
+                break
+        await redis.elector.acknowledge(vs, relative_path, authoritative, record.generation)
+        lines = [
+            f"{authoritative} is now authoritative for {relative_path} in {vs} at generation "
+            f"{record.generation}, and its primary."
+        ]
+        if repo.generation > have:
+            lines.append(
+                f"Accepted the loss of {_changes(repo.generation - have)} that {authoritative} lacked."
+            )
+        if record.targets:
+            lines.append(f"Replication from {authoritative} to {', '.join(record.targets)} is scheduled.")
+        return lines
+
+    for line in _run(settings, accept):
+        click.echo(line)
+
+
+# -------------------------------------------------------------- metadata
+
+
+@main.command("metadata")
+@config_option
+@_VS_OPTION
+@click.option(
+    "--relative-path", "relative_path", required=True, metavar="PATH",
+    help="The repository's relative path.",
+)
+def metadata_command(
+    config: Path | None, secrets: Path | None, virtual_storage: str | None, relative_path: str
+) -> None:
+    """Show a repository's primary, generation, and per replica its state."""
+    settings = load_config_or_exit(config, secrets)
+    vs = _virtual_storage(settings, virtual_storage)
+
+    async def read(redis: _Redis) -> tuple[RepositoryMetadata, int | None, dict[str, NodeView]]:
+        repo = await redis.store.get(vs, relative_path)
+        if repo is None:
+            _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+        assert repo is not None
+        acked: str | None = await redis.store.client.hget(
+            redis.store.keys(vs).repository(relative_path), "acked"
+        )
+        return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs)
+
+    repo, acked, view = _run(settings, read)
+    configured = settings.virtual_storage(vs).node_names
+    names = list(dict.fromkeys((*configured, *repo.assigned, *repo.replica_generations)))
+    console = _console()
+    console.print(f"Repository {relative_path} in virtual storage {vs}")
+    console.print(f"  Primary: {repo.primary}")
+    console.print(f"  Generation: {repo.generation}")
+    floor = repo.generation if acked is None else min(acked, repo.generation)
+    console.print(f"  Acknowledged generation: {floor}" + (" (not recorded)" if acked is None else ""))
+    healthy_ok = [
+        name for name in names
+        if _healthy(view, name) and name in repo.assigned and repo.replica_generation(name) >= floor
+    ]
+    if _healthy(view, repo.primary):
+        state = "writable"
+    elif healthy_ok:
+        state = f"primary down; failover to {', '.join(healthy_ok)} possible"
+    else:
+        state = "read-only: no up-to-date replica is healthy (see `praefect accept-dataloss`)"
+    console.print(f"  State: {state}")
+    table = Table(title="Replicas")
+    for column in ("Storage", "Role", "Generation", "Up to date", "Healthy", "Assigned"):
+        table.add_column(column)
+    for name in names:
+        have = repo.replica_generation(name)
+        if have < 0:
+            freshness = "no replica"
+        elif have == repo.generation:
+            freshness = "yes"
+        else:
+            freshness = f"behind by {_changes(repo.generation - have)}"
+        node_state = view.get(name)
+        health = "yes" if _healthy(view, name) else f"no (down since {_when(node_state)})"
+        if name not in configured:
+            health = "not configured"
+        table.add_row(
+            name,
+            "primary" if name == repo.primary else "replica",
+            str(have) if have >= 0 else "-",
+            freshness,
+            health,
+            "yes" if name in repo.assigned else "no",
+        )
+    console.print(table)
+
+
+def _healthy(view: dict[str, NodeView], name: str) -> bool:
+    state = view.get(name)
+    return state is None or state.healthy
+
+
+def _when(state: NodeView | None) -> str:
+    if state is None or not state.since_ms:
+        return "unknown"
+    seconds = max(0.0, time.time() - state.since_ms / 1000)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since_ms / 1000))
+    return f"{stamp}, {seconds:.0f} s ago"

@@ -1,0 +1,240 @@
+"""The Lua scripts that change repository state atomically.
+
+Every script touches only keys of one virtual storage (one hash slot, see
+``keys.py``), and every script that changes a repository ends with
+``publish_change``: bump the virtual storage's version, stamp the repository
+hash with it and append the repository's new state to the change stream, so
+routers' caches see every change exactly in version order.
+
+Scripts are sent with EVALSHA; redis-py loads them (SCRIPT LOAD) the first
+time a server answers NOSCRIPT, e.g. after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+__all__ = ["Scripts"]
+
+_PRELUDE = r"""
+local function hgetall_table(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- Bump the virtual storage's version, stamp the repository with it and
+-- append the repository's new state ('' when it is gone) to the change
+-- stream. The change stream is capped (MAXLEN ~): a cache that falls behind
+-- the cap sees a version gap and re-reads everything.
+local function publish_change(version_key, changes_key, repo_key, path, maxlen)
+  local version = redis.call('INCR', version_key)
+  local state = ''
+  if redis.call('EXISTS', repo_key) == 1 then
+    redis.call('HSET', repo_key, 'version', version)
+    state = cjson.encode(hgetall_table(repo_key))
+  end
+  redis.call('XADD', changes_key, 'MAXLEN', '~', maxlen, '*', 'v', version, 'p', path, 'r', state)
+  return version, state
+end
+"""
+
+# Record a mutation (or track a repository): the generation bump, one event
+# per target and the clearing of the intent happen together or not at all.
+#
+# KEYS: repo, repos, version, changes, intents, events(target)...
+# ARGV: path, change, source, assigned (canonical JSON list), primary (for a
+#       new repository), intent id (or ''), changes maxlen, mode ('record' or
+#       'track'), created_at, virtual storage, trace (JSON), target...
+# Returns {status, generation, version, state}; status is 'ok', 'stale' (the
+# caller's assignment differs: state holds the stored one) or 'exists'
+# (mode 'track' on a tracked repository: state holds it).
+_RECORD_MUTATION = r"""
+local repo, repos, version_key, changes, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local path, change, source, assigned = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local primary, intent, maxlen, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local created_at, vs, trace = ARGV[9], ARGV[10], ARGV[11]
+-- Redis does not roll a script back when a command fails half-way, so check
+-- every key before the first write: all of it happens, or none.
+local expected = {'hash', 'set', 'string', 'stream', 'hash'}
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  local want = expected[i] or 'stream'
+  if kind ~= 'none' and kind ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. kind .. ', expected a ' .. want)
+  end
+end
+local exists = redis.call('EXISTS', repo) == 1
+if exists then
+  if mode == 'track' then
+    return {'exists', 0, 0, cjson.encode(hgetall_table(repo))}
+  end
+  local stored = redis.call('HGET', repo, 'assigned')
+  if stored ~= assigned then
+    return {'stale', 0, 0, stored or '[]'}
+  end
+end
+local generation
+if change == 'delete' then
+  generation = 0
+  if exists then
+    generation = tonumber(redis.call('HGET', repo, 'generation')) + 1
+    redis.call('DEL', repo)
+  end
+  redis.call('SREM', repos, path)
+elseif not exists then
+  generation = 0
+  redis.call('HSET', repo, 'generation', 0, 'primary', primary, 'assigned', assigned,
+             'created_at', created_at)
+  if source ~= '' then redis.call('HSET', repo, 'g:' .. source, 0) end
+  redis.call('SADD', repos, path)
+else
+  generation = redis.call('HINCRBY', repo, 'generation', 1)
+  if source ~= '' then redis.call('HSET', repo, 'g:' .. source, generation) end
+end
+local version, state = publish_change(version_key, changes, repo, path, maxlen)
+for i = 6, #KEYS do
+  redis.call('XADD', KEYS[i], '*',
+    'vs', vs, 'path', path, 'change', change, 'source', source, 'target', ARGV[i + 6],
+    'generation', generation, 'sequence', version, 'created_at', created_at,
+    'trace', trace, 'attempt', 0, 'not_before', 0)
+end
+if intent ~= '' then redis.call('HDEL', intents, intent) end
+return {'ok', generation, version, state}
+"""
+
+# A replica's generation only moves forward, and never past the repository's.
+# KEYS: repo, version, changes. ARGV: path, storage, generation, maxlen.
+# Returns {changed (-1 untracked, 0 no, 1 yes), generation now, version, state}.
+_SET_REPLICA_GENERATION = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, -1, 0, ''} end
+local wanted = tonumber(ARGV[3])
+local repository_generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+if wanted > repository_generation then wanted = repository_generation end
+local current = redis.call('HGET', KEYS[1], 'g:' .. ARGV[2])
+if current and tonumber(current) >= wanted then return {0, tonumber(current), 0, ''} end
+redis.call('HSET', KEYS[1], 'g:' .. ARGV[2], wanted)
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[4])
+return {1, wanted, version, state}
+"""
+
+# Stop tracking a repository. KEYS: repo, repos, version, changes.
+# ARGV: path, maxlen. Returns {removed (0/1), version}.
+_REMOVE_REPOSITORY = r"""
+local existed = redis.call('DEL', KEYS[1]) + redis.call('SREM', KEYS[2], ARGV[1])
+if existed == 0 then return {0, 0} end
+local version = publish_change(KEYS[3], KEYS[4], KEYS[1], ARGV[1], ARGV[2])
+return {1, version}
+"""
+
+# Compare-and-set of the primary. KEYS: repo, version, changes.
+# ARGV: path, expected ('' for any), new primary, maxlen.
+# Returns {status, primary, version, state}; status is 'ok', 'unchanged',
+# 'conflict' (primary is the current one), 'untracked' or 'not-assigned'.
+_SET_PRIMARY = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, ''} end
+local current = redis.call('HGET', KEYS[1], 'primary')
+if ARGV[2] ~= '' and current ~= ARGV[2] then return {'conflict', current, 0, ''} end
+if current == ARGV[3] then return {'unchanged', current, 0, ''} end
+local assigned = cjson.decode(redis.call('HGET', KEYS[1], 'assigned'))
+local found = false
+for _, name in ipairs(assigned) do if name == ARGV[3] then found = true end end
+if not found then return {'not-assigned', current, 0, ''} end
+redis.call('HSET', KEYS[1], 'primary', ARGV[3])
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[4])
+return {'ok', ARGV[3], version, state}
+"""
+
+# Failover of one repository: keep the current primary if it is a candidate
+# and up to date, else make the first up-to-date candidate primary.
+# KEYS: repo, version, changes. ARGV: path, maxlen, candidate... (healthy
+# nodes in order of preference). Returns {status, primary, version, state};
+# status 'ok', 'unchanged', 'none' (no up-to-date candidate) or 'untracked'.
+_ELECT_PRIMARY = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, ''} end
+local generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+local current = redis.call('HGET', KEYS[1], 'primary')
+local chosen = nil
+for i = 3, #ARGV do
+  local g = redis.call('HGET', KEYS[1], 'g:' .. ARGV[i])
+  if g and tonumber(g) == generation then
+    if ARGV[i] == current then return {'unchanged', current, 0, ''} end
+    if chosen == nil then chosen = ARGV[i] end
+  end
+end
+if chosen == nil then return {'none', current, 0, ''} end
+redis.call('HSET', KEYS[1], 'primary', chosen)
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[2])
+return {'ok', chosen, version, state}
+"""
+
+# KEYS: repo, version, changes. ARGV: path, assigned (canonical JSON), maxlen.
+# Returns {changed (-1 untracked, 0, 1), version, state}.
+_SET_ASSIGNED = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, ''} end
+if redis.call('HGET', KEYS[1], 'assigned') == ARGV[2] then return {0, 0, ''} end
+redis.call('HSET', KEYS[1], 'assigned', ARGV[2])
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[3])
+return {1, version, state}
+"""
+
+# Trim an event stream up to the lowest id that some group still needs: its
+# lowest pending id, or the entry after its last delivered one. A stream
+# without groups is not trimmed (nobody acknowledged anything yet).
+# KEYS: stream. Returns the number of entries removed.
+_TRIM_ACKNOWLEDGED = r"""
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local min_ms, min_seq = nil, nil
+for _, group in ipairs(groups) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  local ms, seq
+  if tonumber(info['pending']) > 0 then
+    local summary = redis.call('XPENDING', KEYS[1], info['name'])
+    ms, seq = parse_id(summary[2])
+  else
+    ms, seq = parse_id(info['last-delivered-id'])
+    seq = seq + 1
+  end
+  if min_ms == nil or ms < min_ms or (ms == min_ms and seq < min_seq) then
+    min_ms, min_seq = ms, seq
+  end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_seq))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The scripts registered on one client (each keeps its SHA1 for EVALSHA)."""
+
+    record_mutation: AsyncScript
+    set_replica_generation: AsyncScript
+    remove_repository: AsyncScript
+    set_primary: AsyncScript
+    elect_primary: AsyncScript
+    set_assigned: AsyncScript
+    trim_acknowledged: AsyncScript
+
+    @classmethod
+    def register(cls, client: aioredis.Redis) -> Scripts:
+        return cls(
+            record_mutation=client.register_script(_PRELUDE + _RECORD_MUTATION),
+            set_replica_generation=client.register_script(_PRELUDE + _SET_REPLICA_GENERATION),
+            remove_repository=client.register_script(_PRELUDE + _REMOVE_REPOSITORY),
+            set_primary=client.register_script(_PRELUDE + _SET_PRIMARY),
+            elect_primary=client.register_script(_PRELUDE + _ELECT_PRIMARY),
+            set_assigned=client.register_script(_PRELUDE + _SET_ASSIGNED),
+            trim_acknowledged=client.register_script(_TRIM_ACKNOWLEDGED),
+        )
