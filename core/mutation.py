@@ -14,7 +14,7 @@ from praefect.core.routing_types import NodeRef
 if TYPE_CHECKING:  # grpc is heavy to import; every CLI command imports this module
     import grpc
 
-__all__ = ["ChangeType", "Mutation", "MutationFailure", "change_type_for"]
+__all__ = ["ChangeType", "Mutation", "MutationFailure", "change_type_for", "records_mutation"]
 
 
 class ChangeType(enum.Enum):
@@ -35,6 +35,18 @@ _CHANGE_TYPES: Mapping[str, ChangeType] = MappingProxyType(
         "/gitaly.RepositoryService/RemoveRepository": ChangeType.DELETE,
     }
 )
+
+
+# Mutators that only advertise refs before a push. They go to the primary
+# (the push that follows must negotiate against what the primary has) but
+# change nothing, so they record no mutation: the push itself does.
+_ROUTE_ONLY_MUTATORS = frozenset({"/gitaly.SmartHTTPService/InfoRefsReceivePack"})
+
+
+def records_mutation(method: str) -> bool:
+    """Whether a successful call of the mutator ``method`` changes the
+    repository, and so fires the mutation hooks."""
+    return method not in _ROUTE_ONLY_MUTATORS
 
 
 def change_type_for(method: str) -> ChangeType:

@@ -38,7 +38,7 @@ from praefect.core.call import Call, Metadata, RepositoryRef
 from praefect.core.cluster import UnknownVirtualStorage
 from praefect.core.errors import CallError, InvalidArgument
 from praefect.core.methods import CallKind, FieldPath, MethodInfo
-from praefect.core.mutation import Mutation, MutationFailure, change_type_for
+from praefect.core.mutation import Mutation, MutationFailure, change_type_for, records_mutation
 from praefect.core.node_channels import NodeChannel
 from praefect.core.routing_types import NodeRef, RouteDecision
 
@@ -284,7 +284,7 @@ class _Forwarder:
         payload = _rewrite(message, target, decision.node)
         fan_out = tuple((node, _rewrite(message, target, node)) for node in decision.fan_out)
         mutation = None
-        if plan.method.is_mutator and call.repository is not None:
+        if plan.method.is_mutator and records_mutation(plan.method.name) and call.repository is not None:
             mutation = Mutation(
                 virtual_storage=call.repository.virtual_storage,
                 relative_path=call.repository.relative_path,

@@ -25,7 +25,7 @@ from praefect.core.routing_types import NodeRef, RouteDecision
 from praefect.core.server import RouterServer
 from praefect.core.tokens import bearer_metadata
 from praefect.protos.admin import admin_pb2, admin_pb2_grpc
-from praefect.protos.gitaly import repository_pb2, shared_pb2
+from praefect.protos.gitaly import repository_pb2, shared_pb2, smarthttp_pb2
 from tests.support.recording_node import BEHAVIOUR_KEY, RecordingNode, recording_node
 from tests.support.router import ROUTER_TOKEN, router_settings, running_router
 
@@ -409,3 +409,19 @@ async def test_hook_on_failover(tmp_path: Any) -> None:
     assert (vs, path, old) == ("praefect", "a.git", "gitaly-1")
     assert new in ("gitaly-2", "gitaly-3") and reason.startswith("gitaly-1 is down")
     assert new == (await cluster.store.require("praefect", "a.git")).primary
+
+
+async def test_ref_advertisement_before_a_push_records_no_mutation(nodes: Nodes) -> None:
+    """InfoRefsReceivePack is a mutator (it must reach the primary) that
+    changes nothing: replicating after it would only bump generations."""
+    recorder = MutationRecorder()
+    body = smarthttp_pb2.InfoRefsRequest(
+        repository=shared_pb2.Repository(storage_name="praefect", relative_path="a.git")
+    ).SerializeToString()
+    async with serve(nodes, recorder) as router, aio.insecure_channel(router.bound_addr) as channel:
+        call = channel.unary_stream("/gitaly.SmartHTTPService/InfoRefsReceivePack")(body, metadata=AUTH)
+        async for _ in call:
+            pass
+        await unary(router, CREATE, request("b.git"))
+    assert [m.method for m in recorder.before] == [CREATE]
+    assert [m.relative_path for m in recorder.after] == ["b.git"]
