@@ -65,6 +65,7 @@ UNARY_METHODS = {
 TARGETS = {"unary throughput at 32 callers": 0.6, "streaming throughput": 0.8}
 RSS_LIMIT_MB = 50.0
 NAIVE = "naive proxy"
+UNUSED_REDIS_URL = "redis://127.0.0.1:1/0"
 SPY_OPTIONS = tuple(os.environ.get("BENCH_PY_SPY_OPTIONS", "--nonblocking").split())
 
 
@@ -197,9 +198,13 @@ def router_settings(node_address: str, processes: int) -> str:
             "auth_token": ROUTER_TOKEN,
             "logging": {"level": "warning"},
             "server": {"processes": processes},
-            # The benchmark measures the forwarding path; replication needs
-            # Redis and is not on the path of the read calls measured here.
-            "plugins": {"blocked": ["praefect.plugins.replication"]},
+            # The benchmark measures the forwarding path. Replication and
+            # failover need Redis, and the calls measured here are reads:
+            # no mutation to record.
+            "plugins": {"blocked": ["praefect.plugins.replication", "praefect.plugins.failover"]},
+            # Settings validation wants a shared Redis for server.processes > 1;
+            # without those two plugins nothing connects to it.
+            "redis": {"url": UNUSED_REDIS_URL},
             "virtual_storages": {
                 VIRTUAL_STORAGE: {
                     NODE: {"address": f"tcp://{node_address}", "token": NODE_TOKEN, "primary": True}

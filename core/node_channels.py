@@ -17,6 +17,7 @@ from grpc import aio
 
 from praefect.core.methods import CallKind, MethodInfo
 from praefect.core.routing_types import NodeRef
+from praefect.core.telemetry.node_calls import instrument_node_callable
 from praefect.core.tokens import bearer_metadata
 
 __all__ = ["NodeChannel", "NodeChannels", "NodeEndpoint", "channel_options"]
@@ -75,7 +76,9 @@ class NodeChannel:
         """A raw-bytes multi-callable of the method's own call kind."""
         found = self._callables.get(method.name)
         if found is None:
-            found = self._callables[method.name] = self._make_callable(method.name, method.kind)
+            found = self._callables[method.name] = instrument_node_callable(
+                self._make_callable(method.name, method.kind), self.node, method.name
+            )
         return found
 
     def _make_callable(self, name: str, kind: CallKind) -> Any:

@@ -41,6 +41,8 @@ from praefect.core.methods import CallKind, FieldPath, MethodInfo
 from praefect.core.mutation import Mutation, MutationFailure, change_type_for, records_mutation
 from praefect.core.node_channels import NodeChannel
 from praefect.core.routing_types import NodeRef, RouteDecision
+from praefect.core.telemetry.calls import note_route
+from praefect.core.telemetry.propagation import inject_trace_context
 
 if TYPE_CHECKING:
     from praefect.core.router import Router
@@ -281,6 +283,7 @@ class _Forwarder:
             if node not in router.node_channels:
                 log.error("route chose %s, which is not a configured node", node)
                 raise _Abort(grpc.StatusCode.INTERNAL, f"routing chose an unknown node {node.name!r}")
+        note_route(call, decision)
         payload = _rewrite(message, target, decision.node)
         fan_out = tuple((node, _rewrite(message, target, node)) for node in decision.fan_out)
         mutation = None
@@ -292,7 +295,7 @@ class _Forwarder:
                 change_type=change_type_for(plan.method.name),
                 primary=decision.node,
                 replicas=decision.replicas,
-                trace_context=_trace_context(call),
+                trace_context=inject_trace_context() or _trace_context(call),
                 call=call,
             )
             try:

@@ -26,6 +26,7 @@ from praefect.core.local_services import ServiceRegistrar
 from praefect.core.proxy import ProxyHandler
 from praefect.core.router import Router
 from praefect.core.router_config import RouterConfig
+from praefect.core.telemetry import TELEMETRY, RouterTelemetry
 
 __all__ = ["RouterServer", "server_options"]
 
@@ -73,7 +74,8 @@ class RouterServer:
         )
         router.open()
         self.router = router
-        server = aio.server(options=server_options(self.config))
+        telemetry = RouterTelemetry(router)
+        server = aio.server(options=server_options(self.config), interceptors=(telemetry.interceptor,))
         try:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             registrar = ServiceRegistrar(server, router)
@@ -91,10 +93,12 @@ class RouterServer:
                     "not local; set listen_addr or --listen"
                 ) from error
             self.bound_addr = f"{host}:{port}"
+            await telemetry.start()
             await router.hooks.startup(router)
             await server.start()
         except BaseException:
             await server.stop(0)
+            await telemetry.stop()
             await router.close()
             self.router = None
             raise
@@ -110,6 +114,7 @@ class RouterServer:
             await self.health.enter_graceful_shutdown()
             await server.stop(self.config.graceful_stop_timeout if grace is None else grace)
         if router is not None:
+            await router.stash[TELEMETRY].stop()
             await router.hooks.shutdown(router)
             await router.close()
             self.router = None

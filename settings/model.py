@@ -123,6 +123,7 @@ class PluginsConfig:
 class ReplicationConfig:
     max_attempts: int
     batch_size: int
+    claim_idle: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,7 @@ class Config:
             "replication": {
                 "max_attempts": self.replication.max_attempts,
                 "batch_size": self.replication.batch_size,
+                "claim_idle": self.replication.claim_idle,
             },
             "failover": {
                 "enabled": self.failover.enabled,

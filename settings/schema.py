@@ -401,6 +401,15 @@ SCHEMA: Final[tuple[Key | Table, ...]] = (
         default=50,
         minimum=1,
     ),
+    Key(
+        "replication.claim_idle",
+        "float",
+        "seconds an event may stay with a replication worker that stopped working on it "
+        "(its router died) before a worker of another router takes it over",
+        default=60.0,
+        minimum=0,
+        exclusive_minimum=True,
+    ),
     Table("failover", "health checks and primary failover"),
     Key(
         "failover.enabled",

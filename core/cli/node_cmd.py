@@ -56,16 +56,21 @@ def serve_command(
 
     Example: praefect node serve --listen 127.0.0.1:9001 --storage gitaly-1=/srv/git1 --token SECRET
     """
+    from praefect.core.telemetry.tracing import TracingConfigError
     from praefect.node.server import NodeServer, NodeServerConfig
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     storage_map = dict(_parse_storage(value) for value in storages)
+    tracing = None
+    log_format = "text"
     if config_file is not None:
         from praefect.core.cli.options import load_config_or_exit
 
         settings = load_config_or_exit(config_file, None, require_virtual_storages=False)
         listen_addr = listen_addr or settings.node.listen_addr
         token = token or settings.node.token
+        tracing = settings.tracing
+        log_format = settings.logging.format
         for name, path in settings.node.storages.items():
             storage_map.setdefault(name, Path(path).expanduser().absolute())
     problems = []
@@ -80,9 +85,14 @@ def serve_command(
             click.echo(f"error: {problem}", err=True)
         raise SystemExit(2)
     assert listen_addr and token
-    config = NodeServerConfig(listen_addr=listen_addr, storages=storage_map, token=token)
+    config = NodeServerConfig(
+        listen_addr=listen_addr, storages=storage_map, token=token, tracing=tracing, log_format=log_format
+    )
     try:
         asyncio.run(NodeServer(config).serve())
+    except TracingConfigError as error:
+        click.echo(f"error: tracing settings: {error}", err=True)
+        raise SystemExit(2) from error
     except OSError as error:
         click.echo(f"error: {error}", err=True)
         raise SystemExit(1) from error

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -38,10 +37,6 @@ def serve_command(config: Path | None, secrets: Path | None, listen_addr: str | 
     Example: praefect serve --config /etc/praefect/config.toml
     """
     settings = load_config_or_exit(config, secrets)
-    logging.basicConfig(
-        level=settings.logging.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     bind = listen_addr or settings.listen_addr
     processes = settings.server.processes
     try:
@@ -63,12 +58,23 @@ def _serve(router_config: RouterConfig) -> None:
     # Imported here: nothing of gRPC may exist before `_run_workers` forks.
     from praefect.core.router import RouterStartError
     from praefect.core.server import RouterServer
+    from praefect.core.telemetry import configure_logging, configure_tracing, shutdown_tracing
+    from praefect.core.telemetry.tracing import TracingConfigError
 
+    settings = router_config.settings
+    configure_logging(settings.logging.format, settings.logging.level)
+    try:
+        configure_tracing("router", settings.tracing)
+    except TracingConfigError as error:
+        click.echo(f"praefect: tracing settings: {error}", err=True)
+        raise SystemExit(2) from error
     try:
         asyncio.run(RouterServer(router_config).serve())
     except (OSError, RouterStartError) as error:
         click.echo(f"praefect: cannot start the router: {error}", err=True)
         raise SystemExit(1) from error
+    finally:
+        shutdown_tracing()
 
 
 def _reserve_port(bind: str) -> tuple[str, socket.socket]:

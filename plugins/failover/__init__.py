@@ -12,10 +12,20 @@ failover``, ``praefect accept-dataloss``, ``praefect metadata``
 
 from praefect.plugins.failover.plugin import (
     before_mutation,
+    check_primary_before_recording,
     on_mutation,
+    on_mutation_failed,
     route,
     shutdown,
     startup,
 )
 
-__all__ = ["before_mutation", "on_mutation", "route", "shutdown", "startup"]
+__all__ = [
+    "before_mutation",
+    "check_primary_before_recording",
+    "on_mutation",
+    "on_mutation_failed",
+    "route",
+    "shutdown",
+    "startup",
+]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from praefect.core.errors import Unavailable
@@ -43,12 +43,17 @@ from praefect.plugins.replication.state import RepositoryMetadata, RepositorySto
 __all__ = [
     "Election",
     "Elector",
+    "MovedListener",
     "WriteAcknowledger",
     "failover_candidate",
     "read_only_message",
 ]
 
 log = logging.getLogger("praefect.failover")
+
+#: ``await listener(vs, path, node, primary)``: a write reached ``node`` after
+#: ``primary`` replaced it
+MovedListener = Callable[[str, str, str, str], Awaitable[None]]
 
 
 def read_only_message(relative_path: str, primary: str) -> str:
@@ -158,6 +163,13 @@ class Elector:
             )
         return election
 
+    async def primary(self, virtual_storage: str, relative_path: str) -> str | None:
+        """The primary recorded in Redis now; None for an untracked repository."""
+        primary: str | None = await self.store.client.hget(
+            self.store.keys(virtual_storage).repository(relative_path), "primary"
+        )
+        return primary
+
     async def acknowledge(
         self, virtual_storage: str, relative_path: str, primary: str, generation: int
     ) -> tuple[str, str]:
@@ -183,7 +195,7 @@ class WriteAcknowledger:
     broken replica costs one timeout, not one per write. Then it raises the
     repository's ``acked`` generation, unless the primary moved meanwhile:
     then the client gets UNAVAILABLE (retry), because the new primary may not
-    have the write.
+    have the write, and ``on_moved`` repairs what the write left behind.
     """
 
     def __init__(
@@ -194,6 +206,7 @@ class WriteAcknowledger:
         *,
         replicas: int,
         timeout: float,
+        on_moved: MovedListener | None = None,
     ) -> None:
         self.cache = cache
         self.elector = elector
@@ -201,14 +214,31 @@ class WriteAcknowledger:
         self.healthy = healthy
         self.replicas = replicas
         self.timeout = timeout
+        self.on_moved = on_moved
         # repository -> generation a replica missed the deadline for
         self._lagging: dict[tuple[str, str], int] = {}
 
+    async def check_primary(self, mutation: Mutation) -> None:
+        """Before the write is recorded: refuse it if its node is no longer the primary.
+
+        Recording it would make the old primary's copy the newest and have it
+        replicated over the new primary's.
+        """
+        vs, path, node = mutation.virtual_storage, mutation.relative_path, mutation.primary.name
+        current = await self.elector.primary(vs, path)
+        if current is not None and current != node:
+            await self._moved(vs, path, node, current)
+
     async def acknowledge(self, mutation: Mutation) -> None:
+        """After the write is recorded: wait for replicas, then record the acknowledgement."""
         vs, path, primary = mutation.virtual_storage, mutation.relative_path, mutation.primary.name
         metadata = self.cache.get(vs, path)
         if metadata is None:
             return  # deleted (or not tracked): nothing to protect
+        if metadata.primary and metadata.primary != primary:
+            # Known moved: repair at once rather than wait for replication,
+            # which would now copy this node's copy over the primary's.
+            await self._moved(vs, path, primary, metadata.primary)
         generation = metadata.replica_generation(primary)
         if generation < 0:
             return
@@ -216,10 +246,18 @@ class WriteAcknowledger:
             await self._wait_for_replicas(vs, path, primary, generation)
         status, current = await self.elector.acknowledge(vs, path, primary, generation)
         if status == "moved":
-            raise Unavailable(
-                f"the primary of {path!r} moved from {primary} to {current} while this write "
-                f"was in progress; the write may not be on {current}: retry it"
-            )
+            await self._moved(vs, path, primary, current)
+
+    async def _moved(self, vs: str, path: str, node: str, current: str) -> None:
+        if self.on_moved is not None:
+            try:
+                await self.on_moved(vs, path, node, current)
+            except Exception:
+                log.exception("repairing %s in %s after its primary moved failed", path, vs)
+        raise Unavailable(
+            f"the primary of {path!r} moved from {node} to {current} while this write was in "
+            f"progress; the write may not be on {current}: retry it"
+        )
 
     async def _wait_for_replicas(self, vs: str, path: str, primary: str, generation: int) -> None:
         metadata = self.cache.get(vs, path)
@@ -245,10 +283,16 @@ class WriteAcknowledger:
             if not have_it(lagging):
                 return
             del self._lagging[key]
+        if have_it(generation):
+            return
+        # asyncio.wait, not asyncio.timeout: on Python 3.11 the latter can turn
+        # the client's cancellation into a TimeoutError at the deadline.
+        waiter = asyncio.ensure_future(self.cache.wait_until(lambda: have_it(generation)))
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.cache.wait_until(lambda: have_it(generation))
-        except TimeoutError:
+            done, _ = await asyncio.wait({waiter}, timeout=self.timeout)
+        finally:
+            waiter.cancel()
+        if not done:
             self._lagging[key] = generation
             log.warning(
                 "%s in %s: no healthy replica reached generation %d within %.1f s; "

@@ -2,7 +2,8 @@
 
 Each node is checked every ``failover.health_check_interval`` seconds by a
 task of its own (:func:`~praefect.plugins.failover.probe.check_node`, over
-the router's own channel to the node, so the check sees what calls see). A
+the router's own channel to the node, so the check sees what calls see), and
+at once when a write to it failed with UNAVAILABLE (:meth:`check_soon`). A
 failed check of a node that was healthy is repeated once at once, so one
 lost packet does not start a failover.
 
@@ -68,6 +69,8 @@ class HealthChecker:
         self.probe_timeout = probe_timeout
         self.on_transition = on_transition
         self._local: dict[NodeRef, NodeCheck] = {}
+        # set to check a node before its interval is over
+        self._soon: dict[NodeRef, asyncio.Event] = {}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_failing = False
@@ -103,12 +106,19 @@ class HealthChecker:
         self._tasks.append(asyncio.create_task(self._vote_loop(), name="health-votes"))
 
     async def stop(self) -> None:
+        """Stop checking, and withdraw this router's votes (the others decide without it)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.votes is not None:
+            for vs in self.router.cluster.virtual_storage_names:
+                try:
+                    await self.votes.withdraw(vs, self.router_id)
+                except (RedisError, OSError) as error:
+                    log.info("cannot withdraw the health votes of this router: %s", error)
 
     async def wait_for_rounds(self, count: int) -> None:
         """Wait until ``count`` more vote rounds completed (bound it with ``asyncio.timeout``)."""
@@ -117,6 +127,12 @@ class HealthChecker:
             await self._round_done.wait()
 
     # ------------------------------------------------------------ checks
+
+    def check_soon(self, node: NodeRef) -> None:
+        """Check ``node`` now rather than at the end of its interval (a call to it failed)."""
+        event = self._soon.get(node)
+        if event is not None:
+            event.set()
 
     async def check(self, node: NodeRef) -> NodeCheck:
         """Check ``node`` once; a failure of a node that was healthy is confirmed once."""
@@ -143,8 +159,10 @@ class HealthChecker:
 
     async def _check_loop(self, node: NodeRef) -> None:
         loop = asyncio.get_running_loop()
+        soon = self._soon.setdefault(node, asyncio.Event())
         while True:
             started = loop.time()
+            soon.clear()
             result = await self.check(node)
             previous = self._local.get(node)
             self._local[node] = result
@@ -152,15 +170,13 @@ class HealthChecker:
                 if not result.healthy:
                     log.info("health check of %s failed: %s", node, result.reason)
                 self._changed.set()
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+            await _wait(soon, self.interval - (loop.time() - started))
 
     # ------------------------------------------------------------- votes
 
     async def _vote_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._changed.wait()
+            await _wait(self._changed, self.interval)
             self._changed.clear()
             try:
                 await self.vote_round()
@@ -221,3 +237,17 @@ class HealthChecker:
                 log.info(
                     "node %s is %s (recorded by another router)", node, "up" if healthy else "down"
                 )
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` passed.
+
+    Not ``asyncio.timeout`` around ``event.wait()``: on Python 3.11 a
+    cancellation that arrives as the timeout expires turns into the
+    TimeoutError that the caller suppresses, and the loop never stops.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=max(0.0, seconds))
+    finally:
+        waiter.cancel()

@@ -11,9 +11,12 @@
   otherwise, so the default routing decides;
 - ``before_mutation`` (``tryfirst``: before the replication plugin records
   its intent): elect the replica ``route`` chose, or fail the call;
-- ``on_mutation`` (``trylast``: after the replication plugin recorded the
-  write): hold the OK until enough replicas have the write, and record it
-  as acknowledged;
+- ``on_mutation``, twice: ``tryfirst`` (before the replication plugin
+  records the write) refuse a write whose node is no longer the primary;
+  ``trylast`` (after it) hold the OK until enough replicas have the write,
+  and record it as acknowledged;
+- ``on_mutation_failed``: a write that found its primary UNAVAILABLE has
+  that node checked at once instead of at the end of its interval;
 - ``shutdown`` (``tryfirst``: before the replication plugin closes Redis).
 """
 
@@ -22,10 +25,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import grpc
+
 from praefect.core import hookimpl
 from praefect.core.call import Call
 from praefect.core.cluster import Cluster
-from praefect.core.mutation import Mutation
+from praefect.core.mutation import Mutation, MutationFailure
 from praefect.core.routing_types import RouteDecision
 from praefect.core.stash import StashKey
 from praefect.plugins.failover.runtime import PLANNED, FailoverRuntime
@@ -37,8 +42,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FAILOVER",
     "before_mutation",
+    "check_primary_before_recording",
     "failover_runtime",
     "on_mutation",
+    "on_mutation_failed",
     "route",
     "shutdown",
     "startup",
@@ -96,6 +103,26 @@ async def before_mutation(mutation: Mutation) -> None:
     runtime = call.router.stash.get(FAILOVER, None)
     if planned is not None and runtime is not None:
         await runtime.confirm_planned(call, planned)
+
+
+@hookimpl  # type: ignore[untyped-decorator, unused-ignore]
+def on_mutation_failed(mutation: Mutation, failure: MutationFailure) -> None:
+    call = mutation.call
+    if call is None or failure.code is not grpc.StatusCode.UNAVAILABLE:
+        return
+    runtime = call.router.stash.get(FAILOVER, None)
+    if runtime is not None:
+        runtime.checker.check_soon(mutation.primary)
+
+
+@hookimpl(tryfirst=True, specname="on_mutation")  # type: ignore[untyped-decorator, unused-ignore]
+async def check_primary_before_recording(mutation: Mutation) -> None:
+    call = mutation.call
+    if call is None:
+        return
+    runtime = call.router.stash.get(FAILOVER, None)
+    if runtime is not None:
+        await runtime.acknowledger.check_primary(mutation)
 
 
 @hookimpl(trylast=True)  # type: ignore[untyped-decorator, unused-ignore]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,8 @@ __all__ = ["PLANNED", "FailoverRuntime", "PlannedElection"]
 
 log = logging.getLogger("praefect.failover")
 
+#: a client header asking that accessors go to the primary only (Gitaly's name)
+ACCESSOR_POLICY_HEADER = "gitaly-route-repository-accessor-policy"
 #: elections at the same time during a bulk failover
 _CONCURRENCY = 16
 #: the background sweep runs this many health intervals apart (at least 2 s)
@@ -92,6 +95,7 @@ class FailoverRuntime:
             self._healthy_names,
             replicas=settings.ack_replicas,
             timeout=settings.ack_timeout,
+            on_moved=self.repair_after_move,
         )
         self.checker = HealthChecker(
             router,
@@ -170,20 +174,36 @@ class FailoverRuntime:
                 )
             return None
         candidate = failover_candidate(metadata, healthy)
+        read_only = self._known_read_only(vs, path, metadata.version, healthy)
         if operation is not Operation.MUTATOR:
-            if self.enabled:
+            if self.enabled and not read_only:
                 self.schedule_election(vs, path, primary.name)
+            if call.header(ACCESSOR_POLICY_HEADER) in ("primary-only", b"primary-only"):
+                return None  # the client wants the primary or nothing
+            current = [node for node in healthy if metadata.is_up_to_date(node.name)]
+            if current:
+                return RouteDecision(
+                    node=random.choice(current),
+                    reason=f"accessor: up-to-date replica (primary {primary.name} is down)",
+                )
             if candidate is None:
                 return None
-            return RouteDecision(node=candidate, reason=f"accessor: primary {primary.name} is down")
+            return RouteDecision(
+                node=candidate,
+                reason=f"accessor: most up-to-date healthy replica (primary {primary.name} is down)",
+            )
         if not self.enabled:
             return None
-        if candidate is None or self._known_read_only(vs, path, metadata.version, healthy):
+        if candidate is None or read_only:
             raise FailedPrecondition(read_only_message(path, primary.name))
         call.stash[PLANNED] = PlannedElection(primary.name, candidate)
         return RouteDecision(
             node=candidate,
-            replicas=tuple(other for other in cluster.nodes(vs) if other != candidate),
+            replicas=tuple(
+                other
+                for other in cluster.nodes(vs)
+                if other != candidate and (not metadata.assigned or other.name in metadata.assigned)
+            ),
             reason=f"failover: primary {primary.name} is down",
         )
 
@@ -237,6 +257,7 @@ class FailoverRuntime:
                 "failover of %s in %s: primary %s -> %s (%s)",
                 path, vs, election.previous or "?", election.primary, reason,
             )
+            await self.clear_stale_intents(vs, path)
             storage = self.cluster.virtual_storage(vs)
             try:
                 old, new = storage.node(election.previous), storage.node(election.primary)
@@ -244,6 +265,60 @@ class FailoverRuntime:
                 return election
             await self.router.hooks.on_failover(vs, path, old, new, reason)
         return election
+
+    # ------------------------------------------- writes to a former primary
+
+    async def clear_stale_intents(self, vs: str, path: str | None = None) -> int:
+        """Forget intents of writes sent to a node that is no longer the primary.
+
+        Such a write was never acknowledged (the acknowledgement requires its
+        node to be the primary), and its node's copy is to be brought in line
+        with the new primary. Left alone, the replication plugin's intent
+        resolver would record it once that node answers again and replicate
+        the old primary's copy over the new one's. ``path``: only that
+        repository (read from Redis); None: all (from the state cache).
+        """
+        intents = self.replication.intents
+        if intents is None:
+            return 0
+        cleared = 0
+        for intent in await intents.list(vs):
+            if path is not None and intent.relative_path != path:
+                continue
+            metadata = (
+                await self.replication.store.get(vs, intent.relative_path)
+                if path is not None
+                else self.replication.cache.get(vs, intent.relative_path)
+            )
+            if metadata is None or not metadata.primary or metadata.primary == intent.node:
+                continue
+            if await intents.clear(intent):
+                cleared += 1
+                log.info(
+                    "dropped the intent of a write to %s, no longer the primary of %s in %s "
+                    "(its copy follows the primary %s)",
+                    intent.node, intent.relative_path, vs, metadata.primary,
+                )
+        return cleared
+
+    async def repair_after_move(self, vs: str, path: str, node: str, primary: str) -> None:
+        """A write reached ``node`` after ``primary`` replaced it: keep the primary's copy.
+
+        If the write was recorded (its node's generation now exceeds the
+        primary's), the primary is made authoritative again, so replication
+        goes from it to ``node`` and not the other way.
+        """
+        await self.clear_stale_intents(vs, path)
+        metadata = await self.replication.store.get(vs, path)
+        if metadata is None or metadata.primary == node:
+            return
+        if metadata.replica_generation(node) > metadata.replica_generation(metadata.primary):
+            await self.replication.store.set_authoritative(vs, path, metadata.primary)
+            log.warning(
+                "%s in %s: a write reached the former primary %s after %s took over; %s's copy "
+                "is authoritative again",
+                path, vs, node, metadata.primary, metadata.primary,
+            )
 
     def schedule_election(self, vs: str, path: str, expected: str) -> None:
         """Elect in the background (at most one election per repository at a time)."""
@@ -309,4 +384,9 @@ class FailoverRuntime:
             await asyncio.sleep(self.sweep_interval)
             for node in self.cluster.unhealthy_nodes():
                 await self._fail_over_quietly(node, "")
+            for vs in self.cluster.virtual_storage_names:
+                try:
+                    await self.clear_stale_intents(vs)
+                except (RedisError, OSError) as error:
+                    log.warning("cannot look for stale intents in %s: %s", vs, error)
 

@@ -103,6 +103,10 @@ class HealthVotes:
             ),
         )
 
+    async def withdraw(self, virtual_storage: str, router_id: str) -> None:
+        """Remove ``router_id``'s vote: a router that stops must not count for the window."""
+        await self.client.hdel(health_votes_key(virtual_storage), router_id)
+
     async def view(self, virtual_storage: str) -> dict[str, NodeView]:
         """The shared view as recorded (nodes never reported down are absent: up)."""
         fields: dict[str, str] = await self.client.hgetall(  # type: ignore[assignment]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from praefect.core.tokens import bearer_metadata
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
@@ -24,6 +25,14 @@ from praefect.settings import parse_address
 __all__ = ["GITALY_SERVERS_HEADER", "NodeClients", "NodeEndpoint", "gitaly_servers_header"]
 
 GITALY_SERVERS_HEADER = "gitaly-servers"
+
+# A node that was down reconnects within 2 s of its return: gRPC's default
+# backoff grows to two minutes, which would leave a returned node waiting.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +78,26 @@ class NodeClients:
             if virtual_storage is None or node.virtual_storage == virtual_storage
         ]
 
-    def _stub(self, virtual_storage: str, name: str) -> repository_pb2_grpc.RepositoryServiceStub:
+    def _channel(self, virtual_storage: str, name: str) -> aio.Channel:
         key = (virtual_storage, name)
         channel = self._channels.get(key)
         if channel is None:
             channel = self._channels[key] = aio.insecure_channel(
-                self.endpoint(virtual_storage, name).grpc_target
+                self.endpoint(virtual_storage, name).grpc_target, options=_CHANNEL_OPTIONS
             )
-        return repository_pb2_grpc.RepositoryServiceStub(channel)
+        return channel
+
+    def _stub(self, virtual_storage: str, name: str) -> repository_pb2_grpc.RepositoryServiceStub:
+        return repository_pb2_grpc.RepositoryServiceStub(self._channel(virtual_storage, name))
+
+    async def reachable(self, virtual_storage: str, name: str, *, deadline: float) -> bool:
+        """True when ``name`` answers the standard health check with SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel(virtual_storage, name))
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=deadline)
+        except aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _metadata(self, node: NodeEndpoint, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         return (bearer_metadata(node.token), *extra)

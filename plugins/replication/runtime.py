@@ -79,6 +79,10 @@ DEFINITE_FAILURES = frozenset(
 )
 
 
+#: seconds between health probes of a replication target that is down
+TARGET_PROBE_INTERVAL = 1.0
+
+
 class RedisUnavailable(RuntimeError):
     """Redis could not be reached or used; the message says what to do."""
 
@@ -223,6 +227,8 @@ class ReplicationRuntime:
             worker_settings = self.options.worker_settings or WorkerSettings(
                 batch_size=settings.replication.batch_size,
                 max_attempts=settings.replication.max_attempts,
+                claim_idle=settings.replication.claim_idle,
+                target_probe_interval=TARGET_PROBE_INTERVAL,
             )
             self.workers = WorkerPool(
                 self._client, self._store, self.nodes, consumer=self.router_id, settings=worker_settings

@@ -17,6 +17,11 @@ consumer name per router (or per ``praefect replicate`` process):
    ``not_before`` (exponential backoff with jitter) while the originals are
    acknowledged, in one MULTI; after ``max_attempts`` it goes to the
    dead-letter stream instead. Nothing is dropped silently.
+   A target that cannot be reached at all (it does not answer a health
+   check either) uses up no attempt: with ``target_probe_interval`` set,
+   the worker holds every event until the target answers again, probing it
+   at that interval, so a node that was down for an hour still converges
+   when it returns, without a single event dead-lettered.
 4. Events a worker holds stay pending under its consumer name; it refreshes
    their idle time (XCLAIM JUSTID) while it holds them. Events idle longer
    than ``claim_idle`` belong to a consumer that died: XAUTOCLAIM takes them.
@@ -79,6 +84,12 @@ class WorkerSettings:
     trim_interval: float = 10.0
     #: stop reading while this many events are held
     max_held: int = 5_000
+    #: seconds between health probes of a target that could not be reached,
+    #: while its events are held without using up attempts; 0: off (an
+    #: unreachable target fails like any other error)
+    target_probe_interval: float = 0.0
+    #: deadline of one such health probe
+    probe_timeout: float = 2.0
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before attempt ``attempt + 1`` after ``attempt`` failures (1, 2, ...)."""
@@ -100,6 +111,10 @@ class WorkerStats:
     retried: int = 0
     dead_lettered: int = 0
     claimed: int = 0
+    #: failures that found the target unreachable (no attempt used)
+    target_down: int = 0
+    #: health probes of a target that was down
+    target_probes: int = 0
 
 
 class NoSourceError(RuntimeError):
@@ -158,6 +173,10 @@ class ReplicationWorker:
         self._room.set()
         self._main: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        # Set while the target does not answer: nothing is dispatched, and
+        # the target is probed at ``_next_probe`` (a time.time() value).
+        self._target_down = False
+        self._next_probe = 0.0
 
     def __repr__(self) -> str:
         return f"ReplicationWorker({self.virtual_storage}/{self.target} as {self.consumer})"
@@ -198,6 +217,8 @@ class ReplicationWorker:
                 if now >= next_trim:
                     await self._guarded(trim_acknowledged(self.store.scripts, self.virtual_storage, self.target))
                     next_trim = now + self.settings.trim_interval
+                if self._target_down and time.time() >= self._next_probe:
+                    await self._probe_target()
                 next_due = self._dispatch(time.time())
                 wait = min(
                     next_claim - now,
@@ -340,6 +361,8 @@ class ReplicationWorker:
 
     def _dispatch(self, now: float) -> float:
         """Start due repositories; return when the next held one is due."""
+        if self._target_down:
+            return self._next_probe
         next_due = float("inf")
         for path in list(self._held):
             if path in self._in_flight:
@@ -385,6 +408,10 @@ class ReplicationWorker:
                 except (RedisError, OSError):
                     raise
                 except Exception as error:
+                    if await self._target_unreachable(error):
+                        # Still pending under our name; no attempt used.
+                        self._hold_again(path, events, time.time())
+                        return
                     await self._failed(newest, ids, error)
                     return
                 await self._ack(ids)
@@ -393,13 +420,53 @@ class ReplicationWorker:
             # Redis is unavailable: keep the events (they are still pending
             # under our name) and try again after a pause.
             log.warning("%r: Redis failed while replicating %s (%s); retrying", self, path, error)
-            retry_at = time.time() + self.settings.backoff(1, self._rng)
-            for event in events:
-                self._held.setdefault(path, _Held()).events.append(
-                    _with_not_before(event, retry_at)
-                )
+            self._hold_again(path, events, time.time() + self.settings.backoff(1, self._rng))
         finally:
             self._in_flight.pop(path, None)
+
+    def _hold_again(self, path: str, events: list[ReplicationEvent], not_before: float) -> None:
+        held = self._held.setdefault(path, _Held())
+        held.events.extend(_with_not_before(event, not_before) for event in events)
+
+    # ------------------------------------------------------- target down
+
+    async def _target_unreachable(self, error: Exception) -> bool:
+        """After a failed call: True (and hold everything) when the target itself is down."""
+        if self.settings.target_probe_interval <= 0:
+            return False
+        if not isinstance(error, grpc.aio.AioRpcError) or error.code() not in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return False
+        if await self.nodes.reachable(
+            self.virtual_storage, self.target, deadline=self._probe_deadline()
+        ):
+            return False
+        self.stats.target_down += 1
+        if not self._target_down:
+            self._target_down = True
+            self._next_probe = time.time() + self.settings.target_probe_interval
+            log.warning(
+                "%r: the target does not answer (%s); holding its events until it does, "
+                "probing every %.1f s",
+                self, _describe(error), self.settings.target_probe_interval,
+            )
+        return True
+
+    def _probe_deadline(self) -> float:
+        # Short enough that the heartbeat (every claim_idle / 4) stays on time.
+        return min(self.settings.probe_timeout, self.settings.claim_idle / 4)
+
+    async def _probe_target(self) -> None:
+        self.stats.target_probes += 1
+        if await self.nodes.reachable(
+            self.virtual_storage, self.target, deadline=self._probe_deadline()
+        ):
+            self._target_down = False
+            log.info("%r: the target answers again; resuming %d held events", self, self._held_count())
+        else:
+            self._next_probe = time.time() + self.settings.target_probe_interval
 
     async def _ack(self, ids: list[str]) -> None:
         if ids:

@@ -379,7 +379,7 @@ class FailoverRecorder:
     def __init__(self) -> None:
         self.moves: list[tuple[str, str, str, str, str]] = []
 
-    @hookimpl
+    @hookimpl  # type: ignore[untyped-decorator, unused-ignore]
     async def on_failover(
         self, virtual_storage: str, relative_path: str, old: NodeRef, new: NodeRef, reason: str
     ) -> None:
@@ -405,10 +405,10 @@ async def test_hook_on_failover(tmp_path: Any) -> None:
             cluster.nodes["gitaly-1"].stop()
             await eventually(lambda: recorder.moves, what="on_failover")
             await commit_file(channel, "a.git", "main", "two.txt")  # the new primary takes writes
+        primary = (await cluster.store.require("praefect", "a.git")).primary
     ((vs, path, old, new, reason),) = recorder.moves
     assert (vs, path, old) == ("praefect", "a.git", "gitaly-1")
-    assert new in ("gitaly-2", "gitaly-3") and reason.startswith("gitaly-1 is down")
-    assert new == (await cluster.store.require("praefect", "a.git")).primary
+    assert new == primary and reason.startswith("gitaly-1 is down")
 
 
 async def test_ref_advertisement_before_a_push_records_no_mutation(nodes: Nodes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from praefect.core.mutation import ChangeType
+from praefect.core.routing_types import NodeRef
 from praefect.plugins.failover.election import Elector, failover_candidate
 from praefect.plugins.failover.scripts import FailoverScripts
 from praefect.plugins.replication.cache import StateCache
@@ -29,8 +30,8 @@ def _elector(store: RepositoryStore) -> Elector:
 
 
 async def _acked(client: aioredis.Redis) -> str | None:
-    value: str | None = await client.hget(RepositoryStore(client).keys(VS).repository(PATH), "acked")
-    return value
+    value = await client.hget(RepositoryStore(client).keys(VS).repository(PATH), "acked")
+    return None if value is None else str(value)
 
 
 async def test_without_acknowledgements_only_a_replica_at_the_generation_qualifies(store: RepositoryStore) -> None:
@@ -119,8 +120,6 @@ async def test_an_election_reaches_every_routers_state_cache(store: RepositorySt
 async def test_the_routing_candidate_is_the_most_up_to_date_healthy_assigned_replica(
     store: RepositoryStore,
 ) -> None:
-    from praefect.core.routing_types import NodeRef
-
     await _repository(store, {"gitaly-2": 1, "gitaly-3": 2}, writes=2)
     metadata = await store.require(VS, PATH)
     two, three, four = (NodeRef(VS, name, f"tcp://h:{i}") for i, name in enumerate(("gitaly-2", "gitaly-3", "gitaly-4")))

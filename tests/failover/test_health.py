@@ -27,11 +27,11 @@ class HealthRecorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
 
-    @hookimpl
+    @hookimpl  # type: ignore[untyped-decorator, unused-ignore]
     def on_node_down(self, node: NodeRef, reason: str) -> None:
         self.events.append(("down", node.name, reason))
 
-    @hookimpl
+    @hookimpl  # type: ignore[untyped-decorator, unused-ignore]
     def on_node_up(self, node: NodeRef) -> None:
         self.events.append(("up", node.name, ""))
 
@@ -45,7 +45,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[FailoverCluster]:
 def _healthy(server: RouterServer, name: str) -> bool:
     assert server.router is not None
     cluster = server.router.cluster
-    return cluster.is_healthy(cluster.virtual_storage(VS).node(name))
+    healthy: bool = cluster.is_healthy(cluster.virtual_storage(VS).node(name))
+    return healthy
 
 
 async def _rounds(*servers: RouterServer, count: int = 3) -> None:
@@ -69,7 +70,10 @@ async def test_a_node_whose_disk_cannot_be_written_is_taken_out_and_back(cluster
             assert _healthy(router, "gitaly-1") and _healthy(router, "gitaly-2")
         await eventually(lambda: _healthy(router, "gitaly-3"), what="gitaly-3 to be marked up again")
         await _rounds(router)
+        router_id = runtime_of(router).checker.router_id
+        assert [vote.router_id for vote in await cluster.votes.votes(VS)] == [router_id]
     assert [(kind, name) for kind, name, _ in recorder.events] == [("down", "gitaly-3"), ("up", "gitaly-3")]
+    assert await cluster.votes.votes(VS) == [], "a router that stops withdraws its votes"
 
 
 async def test_a_killed_node_is_down_for_every_router_and_announced_once(cluster: FailoverCluster) -> None:

@@ -79,3 +79,12 @@ async def test_votes_lists_each_routers_last_vote(client: aioredis.Redis) -> Non
         ("b", {"gitaly-1": True}),
     ]
     assert all(v.at_ms > 0 for v in listed)
+
+
+async def test_a_withdrawn_vote_stops_counting_at_once(client: aioredis.Redis) -> None:
+    votes = HealthVotes(client, window=5.0)
+    await votes.vote(VS, "leaving", {"gitaly-1": True})
+    assert (await votes.vote(VS, "staying", {"gitaly-1": False})).view["gitaly-1"] is True  # a tie
+    await votes.withdraw(VS, "leaving")
+    alone = await votes.vote(VS, "staying", {"gitaly-1": False})
+    assert (alone.voters, alone.view["gitaly-1"]) == (1, False)

@@ -14,7 +14,6 @@ import pytest
 from grpc import aio
 
 from praefect.core.server import RouterServer
-from praefect.plugins.replication import plugin as replication_plugin
 from praefect.plugins.replication.plugin import replication_runtime
 from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
@@ -66,12 +65,11 @@ async def cluster(tmp_path: Path, redis_data_dir: Path) -> AsyncIterator[Cluster
             {name: node.address for name, node in nodes.items()},
             node_tokens=dict.fromkeys(NAMES, NODE_TOKEN),
             redis={"data_dir": str(redis_data_dir)},
+            plugins={"blocked": ["praefect.plugins.failover"]},
         )
     )
     try:
-        async with running_router(
-            settings, extra_plugins=[("praefect.plugins.replication.plugin", replication_plugin)]
-        ) as router:
+        async with running_router(settings) as router:
             assert router.bound_addr
             async with aio.insecure_channel(router.bound_addr) as channel:
                 yield Cluster(nodes, router, channel)
@@ -183,10 +181,9 @@ async def test_a_second_router_on_the_same_redis_data_dir_refuses_to_start(
         router_settings_mapping(
             {name: node.address for name, node in cluster.nodes.items()},
             redis={"data_dir": str(redis_data_dir)},
+            plugins={"blocked": ["praefect.plugins.failover"]},
         )
     )
     with pytest.raises(Exception, match="is in use by process"):
-        async with running_router(
-            settings, extra_plugins=[("praefect.plugins.replication.plugin", replication_plugin)]
-        ):
+        async with running_router(settings):
             pass

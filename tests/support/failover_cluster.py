@@ -111,6 +111,7 @@ class FailoverCluster:
             node_tokens=dict.fromkeys(self.nodes, NODE_TOKEN),
             redis={"url": self.redis.url},
             failover={**FAST_FAILOVER, **failover},
+            plugins={"blocked": []},  # failover on (tests.support.router blocks it by default)
         )
 
     def settings(self, **failover: Any) -> Config:
@@ -141,7 +142,7 @@ class FailoverCluster:
         return await self.store.require(VS, path)
 
     async def primary_of(self, path: str) -> str:
-        return (await self.metadata(path)).primary
+        return str((await self.metadata(path)).primary)
 
     def repo(self, node: str, path: str) -> Path:
         return self.nodes[node].repo(path)

@@ -52,6 +52,10 @@ def router_settings_mapping(
     # directory are refused, and tests must not share state by accident.
     # Short path: the Redis unix socket lives in it (108-byte limit).
     data["redis"] = {"data_dir": tempfile.mkdtemp(prefix="praefect-redis-")}
+    # Health checks and failover probe every node each second; tests of the
+    # request path (recording nodes that count calls) opt in by passing
+    # their own `plugins` section.
+    data["plugins"] = {"blocked": ["praefect.plugins.replication", "praefect.plugins.failover"]}
     data.update(sections)
     return data
 

@@ -1,0 +1,607 @@
+"""Replication lag: from a write's OK until every replica has it, and what replication costs.
+
+    .venv/bin/python bench/replication_lag.py            # 20 writes/s for 20 s per run
+    .venv/bin/python bench/replication_lag.py --short    # 3 s per run; CI runs it
+
+One run starts three real storage nodes (`praefect node serve`) and a Redis
+of its own (the embedded one, given to every router as ``redis.url``), then
+one router (`praefect serve`) after the other, each with its own
+repositories:
+
+- **no replication**: ``plugins.blocked = ["praefect.plugins.replication"]``
+  (the run checks that Redis then knows nothing of its repositories);
+- **replication, OK at once**: ``failover.ack_replicas = 0``: the client's
+  OK comes right after the write is recorded in Redis; replication is
+  entirely asynchronous, which is what the lag measures;
+- **replication, default settings**: the failover plugin holds each OK
+  until one replica has the write, so only the last replica lags.
+
+Against each router it commits at a steady rate (an open loop: a write
+starts every 1/rate s whether or not the earlier ones finished;
+UserCommitFiles, each commit on a new branch from ``main``, round-robin over
+a few repositories) and measures:
+
+- the write latency (p50, p99);
+- with replication, the lag: from the write's OK until every replica of the
+  repository is at the generation the repository had at that OK, as the
+  virtual storage's change stream reports it (p50, p99, max);
+- Redis commands per mutation: the ``INFO commandstats`` delta over the
+  steady phase, less the background rate of an idle window before it (the
+  routers' health votes, liveness keys, blocking reads) and less this
+  benchmark's own commands. Commandstats also counts the commands Lua
+  scripts run, so the script calls (EVALSHA) are listed on their own;
+
+then the throughput of the same writes as fast as they go (a closed loop of
+several clients), as a ratio against the router without replication.
+
+Everything it started is stopped on exit, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from _processes import Launcher, Started
+from grpc import aio
+
+from praefect.core.tokens import bearer_metadata
+from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
+from praefect.plugins.replication.keys import VirtualStorageKeys
+from praefect.plugins.replication.state import RepositoryStore, StateChange
+from praefect.protos.gitaly import (
+    operations_pb2,
+    operations_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
+from praefect.settings import to_toml
+
+VS = "praefect"
+NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
+NODE_TOKEN = "bench-node-token"
+ROUTER_TOKEN = "bench-router-token"
+USER = shared_pb2.User(gl_id="user-1", name=b"Bench", email=b"bench@example.com", gl_username="bench")
+KEYS = VirtualStorageKeys(VS)
+LAG_TARGET = 1.0  # seconds, p99 at 20 writes/s
+REPLICATION_PLUGIN = "praefect.plugins.replication"
+
+
+@dataclass(frozen=True)
+class Profile:
+    rate: float  # writes per second in the steady phase
+    duration: float  # seconds of the steady phase
+    repositories: int
+    idle: float  # seconds of the idle window that measures background commands
+    burst_writes: int  # writes of the throughput phase
+    clients: int  # concurrent clients of the throughput phase
+
+
+FULL = Profile(rate=20, duration=20, repositories=4, idle=3, burst_writes=160, clients=8)
+SHORT = Profile(rate=20, duration=3, repositories=4, idle=1, burst_writes=40, clients=8)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    replication: bool
+    settings: dict[str, Any]
+
+
+VARIANTS = (
+    Variant("no replication", False, {"plugins": {"blocked": [REPLICATION_PLUGIN]}}),
+    Variant("replication, OK at once (ack_replicas = 0)", True, {"failover": {"ack_replicas": 0}}),
+    Variant("replication, default settings", True, {}),
+)
+
+
+@dataclass
+class Result:
+    variant: Variant
+    latencies: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    failed: int = 0
+    commands_per_mutation: float = float("nan")
+    scripts_per_mutation: float = float("nan")
+    top_commands: list[tuple[str, float]] = field(default_factory=list)
+    background_per_second: float = float("nan")
+    throughput: float = float("nan")
+    burst_failed: int = 0
+    achieved_rate: float = float("nan")
+
+
+# ------------------------------------------------------------------ writes
+
+
+def repository(path: str) -> shared_pb2.Repository:
+    return shared_pb2.Repository(storage_name=VS, relative_path=path)
+
+
+def metadata() -> tuple[tuple[str, str], ...]:
+    return (bearer_metadata(ROUTER_TOKEN),)
+
+
+async def commit(channel: aio.Channel, path: str, branch: str, start: str | None) -> None:
+    """UserCommitFiles: one new file in a commit on ``branch`` (from ``start``, if given)."""
+    header = operations_pb2.UserCommitFilesRequestHeader(
+        repository=repository(path),
+        user=USER,
+        branch_name=branch.encode(),
+        commit_message=f"add {branch}".encode(),
+    )
+    if start:
+        header.start_branch_name = start.encode()
+    requests = [
+        operations_pb2.UserCommitFilesRequest(header=header),
+        operations_pb2.UserCommitFilesRequest(
+            action=operations_pb2.UserCommitFilesAction(
+                header=operations_pb2.UserCommitFilesActionHeader(
+                    action=operations_pb2.UserCommitFilesActionHeader.CREATE,
+                    file_path=f"{branch}.txt".encode(),
+                )
+            )
+        ),
+        operations_pb2.UserCommitFilesRequest(
+            action=operations_pb2.UserCommitFilesAction(content=f"{branch}\n".encode())
+        ),
+    ]
+    await operations_pb2_grpc.OperationServiceStub(channel).UserCommitFiles(
+        iter(requests), metadata=metadata(), timeout=30
+    )
+
+
+async def create(channel: aio.Channel, path: str) -> None:
+    await repository_pb2_grpc.RepositoryServiceStub(channel).CreateRepository(
+        repository_pb2.CreateRepositoryRequest(repository=repository(path)),
+        metadata=metadata(),
+        timeout=30,
+    )
+    await commit(channel, path, "main", None)
+
+
+# ------------------------------------------------------------------ Redis
+
+
+class CountingRedis:
+    """The benchmark's Redis client, counting the commands it sends (to subtract them)."""
+
+    def __init__(self, url: str) -> None:
+        self.client: Any = connect(url)
+        self.sent: Counter[str] = Counter()
+
+    async def call(self, name: str, awaitable: Awaitable[Any]) -> Any:
+        self.sent[name] += 1
+        return await awaitable
+
+    async def commandstats(self) -> Counter[str]:
+        """Calls per command, Redis-wide (the INFO call itself is not counted)."""
+        info: dict[str, Any] = await self.client.info("commandstats")
+        return Counter(
+            {
+                key.removeprefix("cmdstat_"): int(value["calls"])
+                for key, value in info.items()
+                if key.startswith("cmdstat_") and key != "cmdstat_info"
+            }
+        )
+
+
+class ReplicaWatcher:
+    """Follows the change stream and records when each repository's slowest replica moved.
+
+    ``floor``: the lowest generation among the repository's assigned
+    replicas; ``reached(path, generation)`` is the time it first got there.
+    """
+
+    def __init__(self, redis: CountingRedis) -> None:
+        self.redis = redis
+        self.floors: dict[str, list[tuple[int, float]]] = {}
+        self.generations: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        last: Any = await self.redis.call("xrevrange", self.redis.client.xrevrange(KEYS.changes, count=1))
+        position = last[0][0] if last else "0-0"
+        self._task = asyncio.create_task(self._follow(position))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, position: str) -> None:
+        while True:
+            response: Any = await self.redis.call(
+                "xread", self.redis.client.xread({KEYS.changes: position}, count=500, block=1000)
+            )
+            now = time.monotonic()
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    position = entry_id
+                    change = StateChange.from_state(VS, fields["p"], int(fields["v"]), fields["r"])
+                    if change.metadata is not None:
+                        self._apply(change.relative_path, change.metadata, now)
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def _apply(self, path: str, state: Any, now: float) -> None:
+        self.generations[path] = state.generation
+        if not state.assigned:
+            return
+        floor = min(state.replica_generation(name) for name in state.assigned)
+        history = self.floors.setdefault(path, [])
+        if not history or floor > history[-1][0]:
+            history.append((floor, now))
+
+    def reached(self, path: str, generation: int) -> float | None:
+        for floor, when in self.floors.get(path, ()):
+            if floor >= generation:
+                return when
+        return None
+
+    def converged(self, path: str) -> bool:
+        generation = self.generations.get(path)
+        return generation is not None and self.reached(path, generation) is not None
+
+    async def wait(self, predicate: Callable[[], bool], within: float, what: str) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"timed out after {within:.0f} s waiting for {what}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+# ------------------------------------------------------------------ phases
+
+
+def router_settings(nodes: dict[str, str], redis_url: str, extra: dict[str, Any]) -> str:
+    mapping: dict[str, Any] = {
+        "listen_addr": "127.0.0.1:0",
+        "auth_token": ROUTER_TOKEN,
+        "redis": {"url": redis_url},
+        "virtual_storages": {
+            VS: {
+                name: {"address": f"tcp://{address}", "token": NODE_TOKEN, "primary": name == NODES[0]}
+                for name, address in nodes.items()
+            }
+        },
+    }
+    mapping.update(extra)
+    text: str = to_toml(mapping)
+    return text
+
+
+async def steady(
+    channel: aio.Channel,
+    paths: Sequence[str],
+    profile: Profile,
+    tag: str,
+    result: Result,
+    redis: CountingRedis,
+    watcher: ReplicaWatcher | None,
+) -> None:
+    """Writes started at a steady rate; latency and (with a watcher) lag of each."""
+    loop = asyncio.get_running_loop()
+    count = max(1, round(profile.rate * profile.duration))
+    store_keys = {path: KEYS.repository(path) for path in paths}
+
+    async def one(number: int) -> None:
+        path = paths[number % len(paths)]
+        started = time.monotonic()
+        try:
+            await commit(channel, path, f"{tag}-{number}", "main")
+        except aio.AioRpcError:
+            result.failed += 1
+            return
+        ok = time.monotonic()
+        result.latencies.append(ok - started)
+        if watcher is None:
+            return
+        generation = int(
+            await redis.call("hget", redis.client.hget(store_keys[path], "generation")) or 0
+        )
+        await watcher.wait(
+            lambda: watcher.reached(path, generation) is not None,
+            within=60,
+            what=f"every replica of {path} at generation {generation}",
+        )
+        reached = watcher.reached(path, generation)
+        assert reached is not None
+        result.lags.append(max(0.0, reached - ok))
+
+    begin = loop.time()
+    tasks = []
+    for number in range(count):
+        delay = begin + number / profile.rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(number)))
+    started_all = loop.time() - begin
+    await asyncio.gather(*tasks)
+    result.achieved_rate = count / started_all * (count - 1) / count if count > 1 else float(count)
+
+
+async def burst(channel: aio.Channel, paths: Sequence[str], profile: Profile, tag: str, result: Result) -> None:
+    """The same writes from several clients, each as fast as its answers come."""
+    numbers = iter(range(profile.burst_writes))
+
+    async def client() -> None:
+        for number in numbers:
+            try:
+                await commit(channel, paths[number % len(paths)], f"{tag}-{number}", "main")
+            except aio.AioRpcError:
+                result.burst_failed += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(profile.clients)))
+    result.throughput = (profile.burst_writes - result.burst_failed) / (time.monotonic() - started)
+
+
+async def one_variant(
+    variant: Variant,
+    number: int,
+    launcher: Launcher,
+    root: Path,
+    nodes: dict[str, str],
+    redis: CountingRedis,
+    redis_url: str,
+    profile: Profile,
+    say: Callable[[str], None],
+) -> Result:
+    result = Result(variant)
+    config = root / f"router-{number}.toml"
+    config.write_text(router_settings(nodes, redis_url, variant.settings))
+    router: Started = launcher.start(f"router-{number}", ["serve", "--config", str(config)])
+    paths = [f"bench/run{number}-{index}.git" for index in range(profile.repositories)]
+    watcher = ReplicaWatcher(redis) if variant.replication else None
+    try:
+        async with aio.insecure_channel(router.address) as channel:
+            if watcher is not None:
+                await watcher.start()
+            await asyncio.gather(*(create(channel, path) for path in paths))
+            if watcher is not None:
+                await watcher.wait(
+                    lambda: all(watcher.converged(path) for path in paths), 60, "the new repositories"
+                )
+            else:
+                store = RepositoryStore(redis.client)
+                tracked = [path for path in paths if await store.get(VS, path) is not None]
+                if tracked:
+                    raise RuntimeError(
+                        f"plugins.blocked did not block replication: Redis tracks {tracked}"
+                    )
+                say(f"  {variant.name}: checked that Redis tracks none of its repositories")
+            # Idle window: what the routers and this benchmark send without writes.
+            idle_before = await redis.commandstats()
+            own_before = redis.sent.copy()
+            await asyncio.sleep(profile.idle)
+            idle_after = await redis.commandstats()
+            background = (idle_after - idle_before) - (redis.sent - own_before)
+            say(f"  {variant.name}: steady phase, {profile.rate:g} writes/s for {profile.duration:g} s")
+            before = await redis.commandstats()
+            own = redis.sent.copy()
+            phase_started = time.monotonic()
+            await steady(channel, paths, profile, "steady", result, redis, watcher)
+            seconds = time.monotonic() - phase_started
+            after = await redis.commandstats()
+            if variant.replication:
+                mutations = len(result.latencies)
+                delta = (after - before) - (redis.sent - own)
+                per_command = {
+                    name: (calls - background[name] * seconds / profile.idle) / mutations
+                    for name, calls in delta.items()
+                }
+                result.commands_per_mutation = sum(per_command.values())
+                result.scripts_per_mutation = per_command.get("evalsha", 0.0) + per_command.get(
+                    "eval", 0.0
+                )
+                result.top_commands = sorted(
+                    ((name, value) for name, value in per_command.items() if value >= 0.05),
+                    key=lambda item: -item[1],
+                )[:8]
+                result.background_per_second = background.total() / profile.idle
+                await watcher.wait(  # type: ignore[union-attr]
+                    lambda: all(watcher.converged(path) for path in paths), 60, "the steady writes"
+                )
+            say(f"  {variant.name}: throughput, {profile.clients} clients, {profile.burst_writes} writes")
+            await burst(channel, paths, profile, "burst", result)
+            if watcher is not None:
+                await watcher.wait(
+                    lambda: all(watcher.converged(path) for path in paths), 120, "the burst writes"
+                )
+    finally:
+        if watcher is not None:
+            await watcher.stop()
+        launcher.stop(router)
+    return result
+
+
+# ------------------------------------------------------------------ report
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def ms(value: float) -> str:
+    return "-" if value != value else f"{value * 1000:,.0f}"
+
+
+def git_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    return "unknown"
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"machine: {os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, git {git_version()}, "
+        f"load average {os.getloadavg()[0]:.2f} at the start"
+    )
+
+
+def report(results: Sequence[Result], profile: Profile) -> list[str]:
+    lines = [
+        f"3 nodes, 1 router; UserCommitFiles (a commit on a new branch) over "
+        f"{profile.repositories} repositories",
+        "",
+        f"{'steady phase: ' + format(profile.rate, 'g') + ' writes/s for ' + format(profile.duration, 'g') + ' s':<48}"
+        f"{'writes':>7} {'failed':>7} {'latency p50':>12} {'p99':>7} {'lag p50':>9} {'p99':>7} {'max':>7}",
+    ]
+    for result in results:
+        lines.append(
+            f"  {result.variant.name:<46}{len(result.latencies):>7} {result.failed:>7} "
+            f"{ms(statistics.median(result.latencies) if result.latencies else float('nan')):>9} ms "
+            f"{ms(percentile(result.latencies, 0.99)):>7}"
+            + (
+                f" {ms(statistics.median(result.lags)):>6} ms {ms(percentile(result.lags, 0.99)):>7}"
+                f" {ms(max(result.lags)):>7}"
+                if result.lags
+                else f" {'-':>9} {'-':>7} {'-':>7}"
+            )
+        )
+    lines.append("  (lag: from the OK until every replica is at the generation of that OK, in ms)")
+    lines.append("")
+    lines.append("Redis commands per mutation (steady phase, less background and this benchmark's own)")
+    for result in results:
+        if not result.variant.replication:
+            continue
+        top = ", ".join(f"{name} {value:.1f}" for name, value in result.top_commands)
+        lines.append(
+            f"  {result.variant.name:<46}{result.commands_per_mutation:>6.1f}"
+            f"  (scripts {result.scripts_per_mutation:.1f}; background "
+            f"{result.background_per_second:.0f}/s)"
+        )
+        lines.append(f"    {top}")
+    lines.append("")
+    baseline = results[0].throughput
+    lines.append(f"throughput: {profile.clients} clients, {profile.burst_writes} writes as fast as they go")
+    for result in results:
+        lines.append(
+            f"  {result.variant.name:<46}{result.throughput:>7.1f} writes/s {result.throughput / baseline:>6.2f}x"
+            + (f"  ({result.burst_failed} failed)" if result.burst_failed else "")
+        )
+    lines.append("")
+    for result in results:
+        if result.lags:
+            p99 = percentile(result.lags, 0.99)
+            verdict = "met" if p99 < LAG_TARGET else "NOT met"
+            lines.append(
+                f"target: lag p99 < {LAG_TARGET:g} s at {profile.rate:g} writes/s, "
+                f"{result.variant.name}: {verdict} ({p99:.3f} s)"
+            )
+    return lines
+
+
+# ------------------------------------------------------------------ main
+
+
+def git_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PRAEFECT_", "GIT_"))}
+    env.update(
+        GIT_AUTHOR_NAME="Bench",
+        GIT_AUTHOR_EMAIL="bench@example.com",
+        GIT_COMMITTER_NAME="Bench",
+        GIT_COMMITTER_EMAIL="bench@example.com",
+        GIT_CONFIG_GLOBAL=os.devnull,
+    )
+    return env
+
+
+async def run(profile: Profile, root: Path, say: Callable[[str], None]) -> list[Result]:
+    with Launcher(git_env()).running() as launcher:
+        nodes: dict[str, str] = {}
+        for name in NODES:
+            storage = root / "storage" / name
+            storage.mkdir(parents=True)
+            nodes[name] = launcher.start(
+                name, ["node", "serve", "--listen", "127.0.0.1:0", "--token", NODE_TOKEN, "--storage", f"{name}={storage}"]
+            ).address
+        async with EmbeddedRedis(root / "redis") as embedded:
+            redis = CountingRedis(embedded.url)
+            try:
+                results = []
+                for number, variant in enumerate(VARIANTS):
+                    results.append(
+                        await one_variant(
+                            variant, number, launcher, root, nodes, redis, embedded.url, profile, say
+                        )
+                    )
+                return results
+            finally:
+                await redis.client.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--short", action="store_true", help="3 s per run instead of 20 s (CI)")
+    parser.add_argument("--rate", type=float, help="writes per second in the steady phase")
+    parser.add_argument("--duration", type=float, help="seconds of the steady phase")
+    args = parser.parse_args(argv)
+    profile = SHORT if args.short else FULL
+    if args.rate or args.duration:
+        profile = Profile(
+            rate=args.rate or profile.rate,
+            duration=args.duration or profile.duration,
+            repositories=profile.repositories,
+            idle=profile.idle,
+            burst_writes=profile.burst_writes,
+            clients=profile.clients,
+        )
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(machine_line(), flush=True)
+    # Short: the embedded Redis's unix socket path must stay under 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="prlag-", dir="/tmp"))
+    try:
+        results = asyncio.run(run(profile, root, say))
+    except KeyboardInterrupt:
+        say("interrupted; everything started was stopped")
+        return 130
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for line in report(results, profile):
+        print(line)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
