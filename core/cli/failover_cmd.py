@@ -319,9 +319,7 @@ def metadata_command(
         if repo is None:
             _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         assert repo is not None
-        acked: str | None = await redis.store.client.hget(
-            redis.store.keys(vs).repository(relative_path), "acked"
-        )
+        acked = await redis.store.client.hget(redis.store.keys(vs).repository(relative_path), "acked")
         return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs)
 
     repo, acked, view = _run(settings, read)

@@ -165,10 +165,10 @@ class Elector:
 
     async def primary(self, virtual_storage: str, relative_path: str) -> str | None:
         """The primary recorded in Redis now; None for an untracked repository."""
-        primary: str | None = await self.store.client.hget(
+        primary = await self.store.client.hget(
             self.store.keys(virtual_storage).repository(relative_path), "primary"
         )
-        return primary
+        return primary.decode() if isinstance(primary, bytes) else primary
 
     async def acknowledge(
         self, virtual_storage: str, relative_path: str, primary: str, generation: int

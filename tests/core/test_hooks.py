@@ -23,13 +23,13 @@ from praefect.core.mutation import ChangeType, Mutation, MutationFailure
 from praefect.core.router import Router
 from praefect.core.routing_types import NodeRef, RouteDecision
 from praefect.core.server import RouterServer
-from praefect.core.tokens import bearer_metadata
 from praefect.protos.admin import admin_pb2, admin_pb2_grpc
 from praefect.protos.gitaly import repository_pb2, shared_pb2, smarthttp_pb2
+from tests.support.grpc_client import auth
 from tests.support.recording_node import BEHAVIOUR_KEY, RecordingNode, recording_node
 from tests.support.router import ROUTER_TOKEN, router_settings, running_router
 
-AUTH = (bearer_metadata(ROUTER_TOKEN),)
+AUTH = auth(ROUTER_TOKEN)  # signs a fresh v2 token per call
 EXISTS = "/gitaly.RepositoryService/RepositoryExists"
 CREATE = "/gitaly.RepositoryService/CreateRepository"
 

@@ -15,12 +15,13 @@ import pytest
 from grpc import aio
 
 from praefect.core.server import RouterServer
-from praefect.core.tokens import authorization_from_metadata, bearer_metadata, verify
+from praefect.core.tokens import authorization_from_metadata, verify
 from praefect.protos.gitaly import (
     operations_pb2,
     repository_pb2,
     shared_pb2,
 )
+from tests.support.grpc_client import auth
 from tests.support.recording_node import BEHAVIOUR_KEY, RecordingNode, recording_node
 from tests.support.router import NODE_TOKEN, ROUTER_TOKEN, router_settings, running_router
 
@@ -31,7 +32,7 @@ UPLOAD_PACK = "/gitaly.SSHService/SSHUploadPack"
 COMMIT_FILES = "/gitaly.OperationService/UserCommitFiles"
 OPTIMIZE = "/gitaly.RepositoryService/OptimizeRepository"
 
-AUTH = (bearer_metadata(ROUTER_TOKEN),)
+AUTH = auth(ROUTER_TOKEN)  # signs a fresh v2 token per call
 
 
 def repo(path: str = "group/project.git", storage: str = "praefect") -> shared_pb2.Repository:

@@ -33,6 +33,7 @@ from praefect.protos.gitaly import (
 )
 from tests.core.conftest import Nodes
 from tests.support.gitenv import git, make_work_repo
+from tests.support.grpc_client import auth
 from tests.support.processes import start_node
 from tests.support.router import (
     NODE_TOKEN,
@@ -43,7 +44,7 @@ from tests.support.router import (
     wait_until,
 )
 
-AUTH = (bearer_metadata(ROUTER_TOKEN),)
+AUTH = auth(ROUTER_TOKEN)  # signs a fresh v2 token per call
 _names = itertools.count()
 
 

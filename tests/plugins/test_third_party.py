@@ -12,8 +12,8 @@ import pytest
 from grpc import aio
 
 from praefect.core.plugin_manager import build_plugin_manager, plugin_infos
-from praefect.core.tokens import bearer_metadata
 from praefect.protos.gitaly import repository_pb2, shared_pb2
+from tests.support.grpc_client import auth
 from tests.support.processes import PRAEFECT
 from tests.support.recording_node import RecordingNode, recording_node
 from tests.support.router import ROUTER_TOKEN, clean_env, router_settings, running_router
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("example_plugin_installed")
 
 EXISTS = "/gitaly.RepositoryService/RepositoryExists"
 CREATE = "/gitaly.RepositoryService/CreateRepository"
-AUTH = (bearer_metadata(ROUTER_TOKEN),)
+AUTH = auth(ROUTER_TOKEN)  # signs a fresh v2 token per call
 
 
 def body(message: type[Any]) -> bytes:
