@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("praefect")
@@ -33,7 +34,10 @@ async def serve_until_stopped(
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stopping.set)
     await startup()
-    print(f"praefect {kind} listening on {bound_addr()}", flush=True)
+    # One write of the whole line: forked router workers share stdout, and a
+    # line written in one piece (under PIPE_BUF) is never interleaved.
+    sys.stdout.write(f"praefect {kind} listening on {bound_addr()}\n")
+    sys.stdout.flush()
     try:
         await stopping.wait()
         log.info("%s", stop_message)

@@ -91,7 +91,7 @@ async def test_it_overrides_authentication(nodes: Two) -> None:
 
 async def test_plugins_blocked_keeps_it_out(nodes: Two) -> None:
     request = body(repository_pb2.RepositoryExistsRequest)
-    async with serve(nodes, plugins={"blocked": ["example"]}) as router:
+    async with serve(nodes, plugins={"blocked": ["example", "praefect.plugins.replication", "praefect.plugins.failover"]}) as router:
         key = (("x-example-api-key", "example-key"),)
         assert await call(router, EXISTS, request, key) is grpc.StatusCode.UNAUTHENTICATED
         routed = (*AUTH, ("x-example-route-to", "gitaly-2"))

@@ -112,6 +112,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[ReadCluster]:
                     {name: node.address for name, node in nodes.items()},
                     node_tokens=dict.fromkeys(NAMES, NODE_TOKEN),
                     redis={"data_dir": str(redis_dir)},
+                    plugins={"blocked": []},  # the default plugins, as in production
                 )
             )
             async with running_router(settings) as router:

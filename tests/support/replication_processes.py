@@ -151,6 +151,7 @@ class ReplicatedCluster:
 
     def settings_mapping(self, **sections: Any) -> dict[str, Any]:
         failover = {**FAST_FAILOVER, **sections.pop("failover", {})}
+        sections.setdefault("plugins", {"blocked": ["praefect.plugins.failover"]})  # replication alone
         return router_settings_mapping(
             {name: node.address for name, node in self.nodes.items()},
             node_tokens=dict.fromkeys(self.nodes, NODE_TOKEN),
