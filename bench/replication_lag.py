@@ -25,11 +25,14 @@ a few repositories) and measures:
 - with replication, the lag: from the write's OK until every replica of the
   repository is at the generation the repository had at that OK, as the
   virtual storage's change stream reports it (p50, p99, max);
-- Redis commands per mutation: the ``INFO commandstats`` delta over the
-  steady phase, less the background rate of an idle window before it (the
+- Redis commands per mutation, watched with ``MONITOR`` over the steady
+  phase, less the background rate of an idle window before it (the
   routers' health votes, liveness keys, blocking reads) and less this
-  benchmark's own commands. Commandstats also counts the commands Lua
-  scripts run, so the script calls (EVALSHA) are listed on their own;
+  benchmark's own commands: the commands clients send (round trips) and,
+  apart, the commands the Lua scripts run inside Redis. (``INFO
+  commandstats`` would mix the two.);
+- CPU per mutation of the router and of the nodes (with the git and bridge
+  processes they ran), from ``/proc``;
 
 then the throughput of the same writes as fast as they go (a closed loop of
 several clients), as a ratio against the router without replication.
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -64,6 +68,7 @@ from grpc import aio
 from praefect.core.tokens import bearer_metadata
 from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
 from praefect.plugins.replication.keys import VirtualStorageKeys
+from praefect.plugins.replication.redis_io import cancellable, raise_if_cancelling
 from praefect.plugins.replication.state import RepositoryStore, StateChange
 from praefect.protos.gitaly import (
     operations_pb2,
@@ -78,7 +83,9 @@ VS = "praefect"
 NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
 NODE_TOKEN = "bench-node-token"
 ROUTER_TOKEN = "bench-router-token"
-USER = shared_pb2.User(gl_id="user-1", name=b"Bench", email=b"bench@example.com", gl_username="bench")
+USER = shared_pb2.User(
+    gl_id="user-1", name=b"Bench", email=b"bench@example.com", gl_username="bench"
+)
 KEYS = VirtualStorageKeys(VS)
 LAG_TARGET = 1.0  # seconds, p99 at 20 writes/s
 REPLICATION_PLUGIN = "praefect.plugins.replication"
@@ -119,9 +126,11 @@ class Result:
     lags: list[float] = field(default_factory=list)
     failed: int = 0
     commands_per_mutation: float = float("nan")
-    scripts_per_mutation: float = float("nan")
+    script_commands_per_mutation: float = float("nan")
     top_commands: list[tuple[str, float]] = field(default_factory=list)
     background_per_second: float = float("nan")
+    router_cpu: float = float("nan")  # seconds per mutation
+    nodes_cpu: float = float("nan")
     throughput: float = float("nan")
     burst_failed: int = 0
     achieved_rate: float = float("nan")
@@ -190,16 +199,60 @@ class CountingRedis:
         self.sent[name] += 1
         return await awaitable
 
-    async def commandstats(self) -> Counter[str]:
-        """Calls per command, Redis-wide (the INFO call itself is not counted)."""
-        info: dict[str, Any] = await self.client.info("commandstats")
-        return Counter(
-            {
-                key.removeprefix("cmdstat_"): int(value["calls"])
-                for key, value in info.items()
-                if key.startswith("cmdstat_") and key != "cmdstat_info"
-            }
-        )
+
+@dataclass
+class Commands:
+    """Commands Redis ran in a window: sent by clients, and run by Lua scripts."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    scripted: Counter[str] = field(default_factory=Counter)
+
+
+class CommandMonitor:
+    """``MONITOR`` on a connection of its own, counting commands per time window."""
+
+    def __init__(self, url: str) -> None:
+        self.client: Any = connect(url)
+        self._seen: list[tuple[float, bool, str]] = []  # (unix time, by a script, command)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self._watch(ready))
+        await ready.wait()
+
+    async def _watch(self, ready: asyncio.Event) -> None:
+        async with self.client.monitor() as monitor:
+            ready.set()
+            async for command in monitor.listen():
+                name = str(command["command"]).split(" ", 1)[0].lower()
+                self._seen.append((float(command["time"]), command["client_type"] == "lua", name))
+
+    def window(self, start: float, end: float) -> Commands:
+        commands = Commands()
+        for when, scripted, name in self._seen:
+            if start <= when < end:
+                (commands.scripted if scripted else commands.sent)[name] += 1
+        return commands
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of ``pids`` and of their children that ended, so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class ReplicaWatcher:
@@ -217,7 +270,9 @@ class ReplicaWatcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        last: Any = await self.redis.call("xrevrange", self.redis.client.xrevrange(KEYS.changes, count=1))
+        last: Any = await self.redis.call(
+            "xrevrange", self.redis.client.xrevrange(KEYS.changes, count=1)
+        )
         position = last[0][0] if last else "0-0"
         self._task = asyncio.create_task(self._follow(position))
 
@@ -229,8 +284,14 @@ class ReplicaWatcher:
 
     async def _follow(self, position: str) -> None:
         while True:
-            response: Any = await self.redis.call(
-                "xread", self.redis.client.xread({KEYS.changes: position}, count=500, block=1000)
+            # redis-py can swallow a cancellation that lands in a command:
+            # see praefect.plugins.replication.redis_io.
+            raise_if_cancelling()
+            response: Any = await cancellable(
+                self.redis.call(
+                    "xread",
+                    self.redis.client.xread({KEYS.changes: position}, count=500, block=1000),
+                )
             )
             now = time.monotonic()
             for _stream, entries in response or ():
@@ -281,7 +342,11 @@ def router_settings(nodes: dict[str, str], redis_url: str, extra: dict[str, Any]
         "redis": {"url": redis_url},
         "virtual_storages": {
             VS: {
-                name: {"address": f"tcp://{address}", "token": NODE_TOKEN, "primary": name == NODES[0]}
+                name: {
+                    "address": f"tcp://{address}",
+                    "token": NODE_TOKEN,
+                    "primary": name == NODES[0],
+                }
                 for name, address in nodes.items()
             }
         },
@@ -341,7 +406,9 @@ async def steady(
     result.achieved_rate = count / started_all * (count - 1) / count if count > 1 else float(count)
 
 
-async def burst(channel: aio.Channel, paths: Sequence[str], profile: Profile, tag: str, result: Result) -> None:
+async def burst(
+    channel: aio.Channel, paths: Sequence[str], profile: Profile, tag: str, result: Result
+) -> None:
     """The same writes from several clients, each as fast as its answers come."""
     numbers = iter(range(profile.burst_writes))
 
@@ -357,33 +424,69 @@ async def burst(channel: aio.Channel, paths: Sequence[str], profile: Profile, ta
     result.throughput = (profile.burst_writes - result.burst_failed) / (time.monotonic() - started)
 
 
+@dataclass
+class Cluster:
+    """What every variant shares: the nodes, Redis, and where to write files."""
+
+    launcher: Launcher
+    root: Path
+    nodes: dict[str, Started]
+    redis: CountingRedis
+    redis_url: str
+    monitor: CommandMonitor
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {name: node.address for name, node in self.nodes.items()}
+
+    def nodes_cpu(self) -> float:
+        return cpu_seconds([node.pid for node in self.nodes.values()])
+
+
+def per_mutation(
+    window: Commands,
+    background: Commands,
+    idle: float,
+    seconds: float,
+    own: Counter[str],
+    mutations: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(sent, scripted) commands per mutation, less the background rate and our own."""
+    scale = seconds / idle
+
+    def less(counts: Counter[str], base: Counter[str], ours: Counter[str]) -> dict[str, float]:
+        names = set(counts) | set(base)
+        return {
+            name: (counts[name] - base[name] * scale - ours[name]) / mutations for name in names
+        }
+
+    return less(window.sent, background.sent, own), less(
+        window.scripted, background.scripted, Counter()
+    )
+
+
 async def one_variant(
-    variant: Variant,
-    number: int,
-    launcher: Launcher,
-    root: Path,
-    nodes: dict[str, str],
-    redis: CountingRedis,
-    redis_url: str,
-    profile: Profile,
-    say: Callable[[str], None],
+    variant: Variant, number: int, cluster: Cluster, profile: Profile, say: Callable[[str], None]
 ) -> Result:
     result = Result(variant)
-    config = root / f"router-{number}.toml"
-    config.write_text(router_settings(nodes, redis_url, variant.settings))
-    router: Started = launcher.start(f"router-{number}", ["serve", "--config", str(config)])
+    redis = cluster.redis
+    config = cluster.root / f"router-{number}.toml"
+    config.write_text(router_settings(cluster.addresses, cluster.redis_url, variant.settings))
+    router: Started = cluster.launcher.start(f"router-{number}", ["serve", "--config", str(config)])
     paths = [f"bench/run{number}-{index}.git" for index in range(profile.repositories)]
     watcher = ReplicaWatcher(redis) if variant.replication else None
+
+    async def converged(what: str, within: float) -> None:
+        if watcher is not None:
+            await watcher.wait(lambda: all(watcher.converged(path) for path in paths), within, what)
+
     try:
         async with aio.insecure_channel(router.address) as channel:
             if watcher is not None:
                 await watcher.start()
             await asyncio.gather(*(create(channel, path) for path in paths))
-            if watcher is not None:
-                await watcher.wait(
-                    lambda: all(watcher.converged(path) for path in paths), 60, "the new repositories"
-                )
-            else:
+            await converged("the new repositories", 60)
+            if watcher is None:
                 store = RepositoryStore(redis.client)
                 tracked = [path for path in paths if await store.get(VS, path) is not None]
                 if tracked:
@@ -391,48 +494,53 @@ async def one_variant(
                         f"plugins.blocked did not block replication: Redis tracks {tracked}"
                     )
                 say(f"  {variant.name}: checked that Redis tracks none of its repositories")
-            # Idle window: what the routers and this benchmark send without writes.
-            idle_before = await redis.commandstats()
-            own_before = redis.sent.copy()
+
+            # Idle window: what the router and this benchmark send without writes.
+            own_before, idle_start = redis.sent.copy(), time.time()
             await asyncio.sleep(profile.idle)
-            idle_after = await redis.commandstats()
-            background = (idle_after - idle_before) - (redis.sent - own_before)
-            say(f"  {variant.name}: steady phase, {profile.rate:g} writes/s for {profile.duration:g} s")
-            before = await redis.commandstats()
-            own = redis.sent.copy()
-            phase_started = time.monotonic()
+            idle_end, idle_own = time.time(), redis.sent - own_before
+
+            say(
+                f"  {variant.name}: steady phase, {profile.rate:g} writes/s for {profile.duration:g} s"
+            )
+            own_before, started = redis.sent.copy(), time.time()
+            router_cpu, nodes_cpu = cpu_seconds(router.pids()), cluster.nodes_cpu()
             await steady(channel, paths, profile, "steady", result, redis, watcher)
-            seconds = time.monotonic() - phase_started
-            after = await redis.commandstats()
+            await converged("the steady writes", 120)
+            ended, own = time.time(), redis.sent - own_before
+            mutations = max(1, len(result.latencies))
+            result.router_cpu = (cpu_seconds(router.pids()) - router_cpu) / mutations
+            result.nodes_cpu = (cluster.nodes_cpu() - nodes_cpu) / mutations
+            # MONITOR lines arrive a moment after the commands ran.
+            await asyncio.sleep(0.5)
             if variant.replication:
-                mutations = len(result.latencies)
-                delta = (after - before) - (redis.sent - own)
-                per_command = {
-                    name: (calls - background[name] * seconds / profile.idle) / mutations
-                    for name, calls in delta.items()
-                }
-                result.commands_per_mutation = sum(per_command.values())
-                result.scripts_per_mutation = per_command.get("evalsha", 0.0) + per_command.get(
-                    "eval", 0.0
+                idle = cluster.monitor.window(idle_start, idle_end)
+                background = Commands(idle.sent - Counter(dict(idle_own)), idle.scripted)
+                sent, scripted = per_mutation(
+                    cluster.monitor.window(started, ended),
+                    background,
+                    idle_end - idle_start,
+                    ended - started,
+                    own,
+                    mutations,
                 )
+                result.commands_per_mutation = sum(sent.values())
+                result.script_commands_per_mutation = sum(scripted.values())
                 result.top_commands = sorted(
-                    ((name, value) for name, value in per_command.items() if value >= 0.05),
+                    ((name, value) for name, value in sent.items() if value >= 0.05),
                     key=lambda item: -item[1],
                 )[:8]
-                result.background_per_second = background.total() / profile.idle
-                await watcher.wait(  # type: ignore[union-attr]
-                    lambda: all(watcher.converged(path) for path in paths), 60, "the steady writes"
-                )
-            say(f"  {variant.name}: throughput, {profile.clients} clients, {profile.burst_writes} writes")
+                result.background_per_second = background.sent.total() / (idle_end - idle_start)
+
+            say(
+                f"  {variant.name}: throughput, {profile.clients} clients, {profile.burst_writes} writes"
+            )
             await burst(channel, paths, profile, "burst", result)
-            if watcher is not None:
-                await watcher.wait(
-                    lambda: all(watcher.converged(path) for path in paths), 120, "the burst writes"
-                )
+            await converged("the burst writes", 120)
     finally:
         if watcher is not None:
             await watcher.stop()
-        launcher.stop(router)
+        cluster.launcher.stop(router)
     return result
 
 
@@ -453,7 +561,9 @@ def ms(value: float) -> str:
 
 def git_version() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+        return subprocess.run(
+            ["git", "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
     return "unknown"
 
 
@@ -493,20 +603,30 @@ def report(results: Sequence[Result], profile: Profile) -> list[str]:
         )
     lines.append("  (lag: from the OK until every replica is at the generation of that OK, in ms)")
     lines.append("")
-    lines.append("Redis commands per mutation (steady phase, less background and this benchmark's own)")
+    lines.append(
+        "Redis commands per mutation (steady phase, less the idle background and this benchmark's own)"
+    )
+    lines.append(f"  {'':<46}{'sent':>6} {'in scripts':>11} {'background':>12}")
     for result in results:
         if not result.variant.replication:
             continue
         top = ", ".join(f"{name} {value:.1f}" for name, value in result.top_commands)
         lines.append(
-            f"  {result.variant.name:<46}{result.commands_per_mutation:>6.1f}"
-            f"  (scripts {result.scripts_per_mutation:.1f}; background "
-            f"{result.background_per_second:.0f}/s)"
+            f"  {result.variant.name:<46}{result.commands_per_mutation:>6.1f} "
+            f"{result.script_commands_per_mutation:>11.1f} {result.background_per_second:>8.0f}/s"
         )
-        lines.append(f"    {top}")
+        lines.append(f"    sent: {top}")
+    lines.append("")
+    lines.append(f"CPU per mutation (steady phase)  {'router':>10} {'3 nodes':>10}")
+    for result in results:
+        lines.append(
+            f"  {result.variant.name:<46}{ms(result.router_cpu):>6} ms {ms(result.nodes_cpu):>7} ms"
+        )
     lines.append("")
     baseline = results[0].throughput
-    lines.append(f"throughput: {profile.clients} clients, {profile.burst_writes} writes as fast as they go")
+    lines.append(
+        f"throughput: {profile.clients} clients, {profile.burst_writes} writes as fast as they go"
+    )
     for result in results:
         lines.append(
             f"  {result.variant.name:<46}{result.throughput:>7.1f} writes/s {result.throughput / baseline:>6.2f}x"
@@ -528,7 +648,9 @@ def report(results: Sequence[Result], profile: Profile) -> list[str]:
 
 
 def git_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PRAEFECT_", "GIT_"))}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PRAEFECT_", "GIT_"))
+    }
     env.update(
         GIT_AUTHOR_NAME="Bench",
         GIT_AUTHOR_EMAIL="bench@example.com",
@@ -541,25 +663,35 @@ def git_env() -> dict[str, str]:
 
 async def run(profile: Profile, root: Path, say: Callable[[str], None]) -> list[Result]:
     with Launcher(git_env()).running() as launcher:
-        nodes: dict[str, str] = {}
+        nodes: dict[str, Started] = {}
         for name in NODES:
             storage = root / "storage" / name
             storage.mkdir(parents=True)
             nodes[name] = launcher.start(
-                name, ["node", "serve", "--listen", "127.0.0.1:0", "--token", NODE_TOKEN, "--storage", f"{name}={storage}"]
-            ).address
+                name,
+                [
+                    "node",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--token",
+                    NODE_TOKEN,
+                    "--storage",
+                    f"{name}={storage}",
+                ],
+            )
         async with EmbeddedRedis(root / "redis") as embedded:
             redis = CountingRedis(embedded.url)
+            monitor = CommandMonitor(embedded.url)
+            await monitor.start()
+            cluster = Cluster(launcher, root, nodes, redis, embedded.url, monitor)
             try:
-                results = []
-                for number, variant in enumerate(VARIANTS):
-                    results.append(
-                        await one_variant(
-                            variant, number, launcher, root, nodes, redis, embedded.url, profile, say
-                        )
-                    )
-                return results
+                return [
+                    await one_variant(variant, number, cluster, profile, say)
+                    for number, variant in enumerate(VARIANTS)
+                ]
             finally:
+                await monitor.stop()
                 await redis.client.aclose()
 
 
@@ -568,17 +700,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="3 s per run instead of 20 s (CI)")
     parser.add_argument("--rate", type=float, help="writes per second in the steady phase")
     parser.add_argument("--duration", type=float, help="seconds of the steady phase")
+    parser.add_argument("--repositories", type=int, help="repositories the writes go to")
     args = parser.parse_args(argv)
     profile = SHORT if args.short else FULL
-    if args.rate or args.duration:
-        profile = Profile(
-            rate=args.rate or profile.rate,
-            duration=args.duration or profile.duration,
-            repositories=profile.repositories,
-            idle=profile.idle,
-            burst_writes=profile.burst_writes,
-            clients=profile.clients,
-        )
+    profile = dataclasses.replace(
+        profile,
+        rate=args.rate or profile.rate,
+        duration=args.duration or profile.duration,
+        repositories=args.repositories or profile.repositories,
+    )
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
