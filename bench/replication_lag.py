@@ -212,7 +212,8 @@ class CommandMonitor:
     """``MONITOR`` on a connection of its own, counting commands per time window."""
 
     def __init__(self, url: str) -> None:
-        self.client: Any = connect(url)
+        # No socket timeout: Redis may be silent for a while (the run without replication).
+        self.client: Any = connect(url, socket_timeout=None, health_check_interval=0)
         self._seen: list[tuple[float, bool, str]] = []  # (unix time, by a script, command)
         self._task: asyncio.Task[None] | None = None
 
@@ -229,6 +230,8 @@ class CommandMonitor:
                 self._seen.append((float(command["time"]), command["client_type"] == "lua", name))
 
     def window(self, start: float, end: float) -> Commands:
+        if self._task is not None and self._task.done():
+            raise RuntimeError(f"MONITOR stopped: {self._task.exception()!r}")
         commands = Commands()
         for when, scripted, name in self._seen:
             if start <= when < end:

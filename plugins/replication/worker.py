@@ -228,6 +228,9 @@ class ReplicationWorker:
                 )
                 if reader.done():
                     reader.result()  # surfaces the reader's crash
+                # A Redis command above may have swallowed a cancellation
+                # (see redis_io): notice it before waiting up to trim_interval.
+                raise_if_cancelling()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, wait)):
                         await self._wake.wait()

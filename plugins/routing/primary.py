@@ -16,7 +16,8 @@ step, and which failover may change). Nothing here touches Redis.
   healthy;
 - maintenance: every healthy replica (every healthy node for a repository
   the state does not know), the primary first;
-- storage-scoped calls: the virtual storage's configured primary.
+- storage-scoped calls: the virtual storage's configured primary;
+- a method of unknown operation: the primary.
 
 A primary that the router's health view marks down gives ``UNAVAILABLE``
 naming it (the failover plugin's ``route`` runs before this one and
@@ -71,7 +72,10 @@ def route(call: Call, cluster: Cluster) -> RouteDecision | None:
             replicas=_replicas(cluster, vs, path, primary, state),
             reason="mutator: primary",
         )
-    return _maintenance(call, cluster, vs, primary, state)
+    if operation is Operation.MAINTENANCE:
+        return _maintenance(call, cluster, vs, primary, state)
+    # A method whose operation the descriptors do not say: safest on the primary.
+    return RouteDecision(node=_healthy(primary, cluster, f"{vs}:{path}"), reason="primary")
 
 
 def _accessor(

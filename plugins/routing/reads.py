@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCESSOR_POLICY_HEADER",
     "PRIMARY_ONLY",
+    "choose",
     "repository_state",
     "up_to_date_replicas",
     "wants_primary",
