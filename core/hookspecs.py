@@ -88,8 +88,11 @@ def route(call: Call, cluster: Cluster) -> RouteDecision | None:
     Return:
         a :class:`~praefect.core.routing_types.RouteDecision`, or ``None`` to
         let the next implementation decide. The default plugin (``trylast``)
-        sends mutators and accessors to the repository's primary and
-        maintenance calls to every node.
+        sends mutators to the repository's primary, accessors to a random
+        healthy replica whose generation is current (the primary when the
+        ``gitaly-route-repository-accessor-policy: primary-only`` header asks,
+        or when the repository is untracked) and maintenance calls to every
+        healthy replica.
 
     Raise a :class:`~praefect.core.errors.CallError` subclass (for example
     ``Unavailable``) to fail the call with that code.
