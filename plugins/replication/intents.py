@@ -45,6 +45,7 @@ __all__ = [
     "IntentStore",
     "Resolution",
     "RouterPresence",
+    "new_intent_id",
 ]
 
 #: ``await probe(virtual_storage, node, relative_path)``: the repository's
@@ -94,6 +95,10 @@ class Intent:
         )
 
 
+def new_intent_id() -> str:
+    return uuid.uuid4().hex
+
+
 class IntentStore:
     """Intents in Redis, one hash per virtual storage."""
 
@@ -109,9 +114,10 @@ class IntentStore:
         node: str,
         replicas: Iterable[str],
         change: ChangeType,
+        intent_id: str | None = None,
     ) -> Intent:
         intent = Intent(
-            id=uuid.uuid4().hex,
+            id=intent_id or new_intent_id(),
             virtual_storage=virtual_storage,
             relative_path=relative_path,
             router_id=router_id,

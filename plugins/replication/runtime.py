@@ -42,6 +42,7 @@ from praefect.plugins.replication.intents import (
     IntentResolver,
     IntentStore,
     RouterPresence,
+    new_intent_id,
 )
 from praefect.plugins.replication.nodes import NodeClients, NodeEndpoint
 from praefect.plugins.replication.state import MutationRecord, RepositoryStore
@@ -283,18 +284,24 @@ class ReplicationRuntime:
         """Record the intent of a mutator about to be forwarded to ``primary``."""
         if self.intents is None:
             raise RuntimeError("replication is not started")
+        # In flight before it exists in Redis: this router's resolver must
+        # never see the intent of a call it is still forwarding as orphaned.
+        intent_id = new_intent_id()
+        self._in_flight.add(intent_id)
         try:
-            intent = await self.intents.record(
+            return await self.intents.record(
                 virtual_storage, relative_path,
                 router_id=self.router_id, node=primary, replicas=replicas, change=change,
+                intent_id=intent_id,
             )
-        except (RedisError, OSError) as error:
-            raise RedisUnavailable(
-                f"cannot record the write in Redis ({error}); the write was not sent to any "
-                "node: retry when Redis is reachable"
-            ) from error
-        self._in_flight.add(intent.id)
-        return intent
+        except BaseException as error:
+            self._in_flight.discard(intent_id)
+            if isinstance(error, (RedisError, OSError)):
+                raise RedisUnavailable(
+                    f"cannot record the write in Redis ({error}); the write was not sent to "
+                    "any node: retry when Redis is reachable"
+                ) from error
+            raise
 
     async def record_mutation(
         self,
@@ -335,9 +342,11 @@ class ReplicationRuntime:
 
     async def abandon_mutation(self, intent: Intent, code: grpc.StatusCode) -> None:
         """The mutator failed: clear the intent if nothing can have changed, else leave it."""
-        self._in_flight.discard(intent.id)
-        if code in DEFINITE_FAILURES and self.intents is not None:
-            await self.intents.clear(intent)
+        try:
+            if code in DEFINITE_FAILURES and self.intents is not None:
+                await self.intents.clear(intent)
+        finally:
+            self._in_flight.discard(intent.id)
 
 
 def _masked(url: str) -> str:
