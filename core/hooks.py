@@ -149,12 +149,42 @@ class Hooks:
         self._pm.hook.register_services(router=router, registrar=registrar)
 
     async def startup(self, router: Router) -> None:
-        """Every implementation in turn; the first exception aborts the start."""
-        await self._broadcast("startup", router=router)
+        """Every implementation in turn; the first exception aborts the start.
+
+        Plugins that had already started are shut down (latest first) before
+        the exception propagates, so a failed start leaves no embedded Redis
+        or background task behind.
+        """
+        started: list[str] = []
+        for impl in self._impls["startup"]:
+            if self._trace:
+                log.info("hook startup -> %s", impl.plugin_name)
+            try:
+                await _invoke(impl, router=router)
+            except BaseException:
+                log.error(
+                    "plugin %s failed to start; shutting down the plugins already started: %s",
+                    impl.plugin_name,
+                    ", ".join(started) or "none",
+                )
+                await self._shutdown_plugins(router, started)
+                raise
+            started.append(impl.plugin_name)
 
     async def shutdown(self, router: Router) -> None:
         """Every implementation in turn; exceptions are logged."""
         await self._broadcast_logged("shutdown", router=router)
+
+    async def _shutdown_plugins(self, router: Router, plugin_names: list[str]) -> None:
+        by_name = {impl.plugin_name: impl for impl in self._impls["shutdown"]}
+        for name in reversed(plugin_names):
+            impl = by_name.get(name)
+            if impl is None:
+                continue
+            try:
+                await _invoke(impl, router=router)
+            except Exception:
+                log.exception("plugin %s failed in shutdown", name)
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -173,15 +203,20 @@ class Hooks:
     async def _broadcast_logged(self, name: str, **kwargs: Any) -> None:
         for impl in self._impls[name]:
             try:
-                result = impl.function(*[kwargs[arg] for arg in impl.argnames])
-                if inspect.isawaitable(result):
-                    await _awaited(result)
+                await _invoke(impl, **kwargs)
             except Exception:
                 log.exception("plugin %s failed in %s", impl.plugin_name, name)
 
 
 async def _awaited(result: Awaitable[Any]) -> Any:
     return await result
+
+
+async def _invoke(impl: pluggy.HookImpl, **kwargs: Any) -> None:
+    """Call one implementation, awaiting its result when it returns one."""
+    result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+    if inspect.isawaitable(result):
+        await _awaited(result)
 
 
 def _call_order(caller: pluggy.HookCaller) -> tuple[pluggy.HookImpl, ...]:

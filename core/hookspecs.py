@@ -203,7 +203,9 @@ def startup(router: Router) -> Awaitable[None] | None:
 
     Called on every plugin (each result awaited in turn) after the node
     channels exist and before the router accepts calls. An exception aborts
-    the start. Return value: ignored.
+    the start; the plugins whose ``startup`` already returned then get their
+    ``shutdown`` (latest started first), so a plugin need not clean up after
+    a later plugin's failure. Return value: ignored.
     """
 
 

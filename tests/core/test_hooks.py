@@ -359,6 +359,28 @@ async def test_hook_startup(nodes: Nodes) -> None:
             pass
 
 
+async def test_a_failed_startup_shuts_down_the_plugins_already_started(nodes: Nodes) -> None:
+    class FailsLast:
+        shut_down = False
+
+        @hookimpl(trylast=True)
+        async def startup(self, router: Router) -> None:
+            raise RuntimeError("cannot reach the event store")
+
+        @hookimpl
+        async def shutdown(self, router: Router) -> None:
+            self.shut_down = True
+
+    started, failing = Lifecycle(), FailsLast()
+    with pytest.raises(RuntimeError, match="cannot reach the event store"):
+        async with serve(nodes, started, failing):
+            pass
+    assert started.events == ["startup 2 channels", "shutdown 2 channels"], (
+        "a plugin that started is shut down when a later one fails to start"
+    )
+    assert not failing.shut_down, "the plugin that failed to start is not shut down"
+
+
 async def test_hook_shutdown(nodes: Nodes) -> None:
     class BrokenShutdown:
         @hookimpl(tryfirst=True)
