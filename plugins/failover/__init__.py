@@ -12,7 +12,6 @@ failover``, ``praefect accept-dataloss``, ``praefect metadata``
 
 from praefect.plugins.failover.plugin import (
     before_mutation,
-    check_primary_before_recording,
     on_mutation,
     on_mutation_failed,
     route,
@@ -22,7 +21,6 @@ from praefect.plugins.failover.plugin import (
 
 __all__ = [
     "before_mutation",
-    "check_primary_before_recording",
     "on_mutation",
     "on_mutation_failed",
     "route",

@@ -33,16 +33,24 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from praefect.core.errors import Unavailable
+import grpc
+
+from praefect.core.errors import CallError
 from praefect.core.mutation import Mutation
 from praefect.core.routing_types import NodeRef
 from praefect.plugins.failover.scripts import FailoverScripts
 from praefect.plugins.replication.cache import StateCache
-from praefect.plugins.replication.state import RepositoryMetadata, RepositoryStore, StateChange
+from praefect.plugins.replication.state import (
+    PrimaryMoved,
+    RepositoryMetadata,
+    RepositoryStore,
+    StateChange,
+)
 
 __all__ = [
     "Election",
     "Elector",
+    "MovedBeforeAcknowledgement",
     "MovedListener",
     "WriteAcknowledger",
     "failover_candidate",
@@ -54,6 +62,17 @@ log = logging.getLogger("praefect.failover")
 #: ``await listener(vs, path, node, primary)``: a write reached ``node`` after
 #: ``primary`` replaced it
 MovedListener = Callable[[str, str, str, str], Awaitable[None]]
+
+
+class MovedBeforeAcknowledgement(CallError):
+    """A recorded write whose node stopped being the primary before it was acknowledged.
+
+    ABORTED, like a write refused before it is recorded
+    (:class:`~praefect.plugins.replication.state.PrimaryMoved`): the client
+    retries it on the new primary.
+    """
+
+    code = grpc.StatusCode.ABORTED
 
 
 def read_only_message(relative_path: str, primary: str) -> str:
@@ -151,8 +170,19 @@ class Elector:
             )
         if election.primary_generation < election.generation:
             # The new primary lacks only unacknowledged writes: make its copy
-            # the repository's, so the others replicate from it.
-            await self.store.set_authoritative(virtual_storage, relative_path, election.primary)
+            # the repository's, so the others replicate from it. Only while it
+            # is the primary: a later election may have replaced it already,
+            # and then that one's winner is the authority.
+            try:
+                await self.store.set_authoritative(
+                    virtual_storage, relative_path, election.primary, only_if_primary=True
+                )
+            except PrimaryMoved as moved:
+                log.info(
+                    "%s in %s: not making %s authoritative, %s is the primary now",
+                    relative_path, virtual_storage, election.primary, moved.primary,
+                )
+                return election
             log.info(
                 "%s in %s: new primary %s lacked %d unacknowledged change(s); it is now "
                 "authoritative",
@@ -162,13 +192,6 @@ class Elector:
                 election.generation - election.primary_generation,
             )
         return election
-
-    async def primary(self, virtual_storage: str, relative_path: str) -> str | None:
-        """The primary recorded in Redis now; None for an untracked repository."""
-        primary = await self.store.client.hget(
-            self.store.keys(virtual_storage).repository(relative_path), "primary"
-        )
-        return primary.decode() if isinstance(primary, bytes) else primary
 
     async def acknowledge(
         self, virtual_storage: str, relative_path: str, primary: str, generation: int
@@ -194,8 +217,12 @@ class WriteAcknowledger:
     missed the deadline is acknowledged at once until one catches up, so a
     broken replica costs one timeout, not one per write. Then it raises the
     repository's ``acked`` generation, unless the primary moved meanwhile:
-    then the client gets UNAVAILABLE (retry), because the new primary may not
+    then the client gets ABORTED (retry), because the new primary may not
     have the write, and ``on_moved`` repairs what the write left behind.
+
+    A write whose node had stopped being the primary before it was recorded
+    never gets here: the replication plugin's recording script refuses it
+    (:class:`~praefect.plugins.replication.state.PrimaryMoved`).
     """
 
     def __init__(
@@ -217,17 +244,6 @@ class WriteAcknowledger:
         self.on_moved = on_moved
         # repository -> generation a replica missed the deadline for
         self._lagging: dict[tuple[str, str], int] = {}
-
-    async def check_primary(self, mutation: Mutation) -> None:
-        """Before the write is recorded: refuse it if its node is no longer the primary.
-
-        Recording it would make the old primary's copy the newest and have it
-        replicated over the new primary's.
-        """
-        vs, path, node = mutation.virtual_storage, mutation.relative_path, mutation.primary.name
-        current = await self.elector.primary(vs, path)
-        if current is not None and current != node:
-            await self._moved(vs, path, node, current)
 
     async def acknowledge(self, mutation: Mutation) -> None:
         """After the write is recorded: wait for replicas, then record the acknowledgement."""
@@ -254,9 +270,9 @@ class WriteAcknowledger:
                 await self.on_moved(vs, path, node, current)
             except Exception:
                 log.exception("repairing %s in %s after its primary moved failed", path, vs)
-        raise Unavailable(
-            f"the primary of {path!r} moved from {node} to {current} while this write was in "
-            f"progress; the write may not be on {current}: retry it"
+        raise MovedBeforeAcknowledgement(
+            f"the primary of {path!r} moved from {node} to {current} before this write was "
+            f"acknowledged; the write may not be on {current}: retry it"
         )
 
     async def _wait_for_replicas(self, vs: str, path: str, primary: str, generation: int) -> None:

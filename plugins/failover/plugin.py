@@ -11,10 +11,10 @@
   otherwise, so the default routing decides;
 - ``before_mutation`` (``tryfirst``: before the replication plugin records
   its intent): elect the replica ``route`` chose, or fail the call;
-- ``on_mutation``, twice: ``tryfirst`` (before the replication plugin
-  records the write) refuse a write whose node is no longer the primary;
-  ``trylast`` (after it) hold the OK until enough replicas have the write,
-  and record it as acknowledged;
+- ``on_mutation`` (``trylast``: after the replication plugin recorded the
+  write, which it refuses when the write's node is no longer the primary):
+  hold the OK until enough replicas have the write, and record it as
+  acknowledged;
 - ``on_mutation_failed``: a write that found its primary UNAVAILABLE has
   that node checked at once instead of at the end of its interval;
 - ``shutdown`` (``tryfirst``: before the replication plugin closes Redis).
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = [
     "FAILOVER",
     "before_mutation",
-    "check_primary_before_recording",
     "failover_runtime",
     "on_mutation",
     "on_mutation_failed",
@@ -113,16 +112,6 @@ def on_mutation_failed(mutation: Mutation, failure: MutationFailure) -> None:
     runtime = call.router.stash.get(FAILOVER, None)
     if runtime is not None:
         runtime.checker.check_soon(mutation.primary)
-
-
-@hookimpl(tryfirst=True, specname="on_mutation")  # type: ignore[untyped-decorator, unused-ignore]
-async def check_primary_before_recording(mutation: Mutation) -> None:
-    call = mutation.call
-    if call is None:
-        return
-    runtime = call.router.stash.get(FAILOVER, None)
-    if runtime is not None:
-        await runtime.acknowledger.check_primary(mutation)
 
 
 @hookimpl(trylast=True)  # type: ignore[untyped-decorator, unused-ignore]

@@ -51,6 +51,7 @@ from praefect.plugins.failover.election import (
 from praefect.plugins.failover.health import HealthChecker
 from praefect.plugins.failover.votes import HealthVotes
 from praefect.plugins.replication.runtime import ReplicationRuntime
+from praefect.plugins.replication.state import PrimaryMoved
 
 if TYPE_CHECKING:
     from praefect.core.router import Router
@@ -257,7 +258,6 @@ class FailoverRuntime:
                 "failover of %s in %s: primary %s -> %s (%s)",
                 path, vs, election.previous or "?", election.primary, reason,
             )
-            await self.clear_stale_intents(vs, path)
             storage = self.cluster.virtual_storage(vs)
             try:
                 old, new = storage.node(election.previous), storage.node(election.primary)
@@ -268,52 +268,27 @@ class FailoverRuntime:
 
     # ------------------------------------------- writes to a former primary
 
-    async def clear_stale_intents(self, vs: str, path: str | None = None) -> int:
-        """Forget intents of writes sent to a node that is no longer the primary.
-
-        Such a write was never acknowledged (the acknowledgement requires its
-        node to be the primary), and its node's copy is to be brought in line
-        with the new primary. Left alone, the replication plugin's intent
-        resolver would record it once that node answers again and replicate
-        the old primary's copy over the new one's. ``path``: only that
-        repository (read from Redis); None: all (from the state cache).
-        """
-        intents = self.replication.intents
-        if intents is None:
-            return 0
-        cleared = 0
-        for intent in await intents.list(vs):
-            if path is not None and intent.relative_path != path:
-                continue
-            metadata = (
-                await self.replication.store.get(vs, intent.relative_path)
-                if path is not None
-                else self.replication.cache.get(vs, intent.relative_path)
-            )
-            if metadata is None or not metadata.primary or metadata.primary == intent.node:
-                continue
-            if await intents.clear(intent):
-                cleared += 1
-                log.info(
-                    "dropped the intent of a write to %s, no longer the primary of %s in %s "
-                    "(its copy follows the primary %s)",
-                    intent.node, intent.relative_path, vs, metadata.primary,
-                )
-        return cleared
-
     async def repair_after_move(self, vs: str, path: str, node: str, primary: str) -> None:
-        """A write reached ``node`` after ``primary`` replaced it: keep the primary's copy.
+        """A recorded write's node was replaced as primary before its OK: keep the primary's copy.
 
-        If the write was recorded (its node's generation now exceeds the
+        If the primary lacks the write (its node's generation exceeds the
         primary's), the primary is made authoritative again, so replication
-        goes from it to ``node`` and not the other way.
+        goes from it to ``node`` and not the other way; only while it is
+        still the primary (another move's election takes care of itself).
+        Writes that reach a former primary before they are recorded never
+        get here: the replication plugin's recording script refuses them.
         """
-        await self.clear_stale_intents(vs, path)
         metadata = await self.replication.store.get(vs, path)
         if metadata is None or metadata.primary == node:
             return
         if metadata.replica_generation(node) > metadata.replica_generation(metadata.primary):
-            await self.replication.store.set_authoritative(vs, path, metadata.primary)
+            try:
+                await self.replication.store.set_authoritative(
+                    vs, path, metadata.primary, only_if_primary=True
+                )
+            except PrimaryMoved as moved:
+                log.info("%s in %s: the primary moved again, to %s", path, vs, moved.primary)
+                return
             log.warning(
                 "%s in %s: a write reached the former primary %s after %s took over; %s's copy "
                 "is authoritative again",
@@ -384,9 +359,4 @@ class FailoverRuntime:
             await asyncio.sleep(self.sweep_interval)
             for node in self.cluster.unhealthy_nodes():
                 await self._fail_over_quietly(node, "")
-            for vs in self.cluster.virtual_storage_names:
-                try:
-                    await self.clear_stale_intents(vs)
-                except (RedisError, OSError) as error:
-                    log.warning("cannot look for stale intents in %s: %s", vs, error)
 

@@ -16,6 +16,13 @@ got the write with every other replica, and when they differ records the
 change (generation bump + events from that node) in the same atomic call
 that clears the intent. Nothing that reached a primary is left
 unreplicated and unknown.
+
+A node that is no longer the repository's primary (it failed over while the
+write was in flight) never has its write recorded: the write was not
+acknowledged, and recording it would replicate that node's copy over the
+primary's. When its checksum differs from the primary's, its replica is
+marked outdated and a replication from the primary to it is queued instead,
+in the same atomic call that clears the intent.
 """
 
 from __future__ import annotations
@@ -34,7 +41,12 @@ from redis.exceptions import RedisError
 
 from praefect.core.mutation import ChangeType
 from praefect.plugins.replication.keys import VirtualStorageKeys, router_key
-from praefect.plugins.replication.state import RepositoryStore
+from praefect.plugins.replication.state import (
+    PrimaryCheck,
+    PrimaryMoved,
+    RepositoryMetadata,
+    RepositoryStore,
+)
 
 log = logging.getLogger("praefect.replication.intents")
 
@@ -222,7 +234,10 @@ class Resolution:
     """What the resolver did with an intent: ``outcome`` and the nodes queued."""
 
     intent: Intent
-    outcome: str  # "in-sync", "replicated", "created", "deleted", "nothing-written"
+    #: "in-sync", "replicated", "created", "deleted", "nothing-written", or
+    #: "repaired" (the node is no longer the primary: its copy is queued to be
+    #: replicated from the primary, undoing the write)
+    outcome: str
     targets: tuple[str, ...] = ()
 
 
@@ -315,26 +330,27 @@ class IntentResolver:
         return done
 
     async def resolve(self, intent: Intent) -> Resolution:
-        """Compare checksums and queue replication from the node that got the write."""
+        """Compare checksums and queue replication from the node that got the write.
+
+        A node that is no longer the repository's primary gets no say: its
+        write was never acknowledged, so its copy is brought back in line
+        with the primary's instead (see :meth:`_resolve_former_primary`).
+        """
         vs, path, source = intent.virtual_storage, intent.relative_path, intent.node
         metadata = await self.store.get(vs, path)
+        if metadata is not None and metadata.primary and metadata.primary != source:
+            return await self._resolve_former_primary(intent, metadata)
         source_sum = await self.checksum(vs, source, path)
         if metadata is None:
             if source_sum is None:
                 await self.intents.clear(intent)
                 return self._log(Resolution(intent, "nothing-written"))
-            record = await self.store.record_mutation(
-                vs, path, change=ChangeType.CREATE, source=source,
-                assigned=(source, *intent.replicas), intent_id=intent.id,
+            return await self._record(
+                intent, ChangeType.CREATE, (source, *intent.replicas), "created"
             )
-            return self._log(Resolution(intent, "created", record.targets))
         if source_sum is None:
             if intent.change is ChangeType.DELETE:
-                record = await self.store.record_mutation(
-                    vs, path, change=ChangeType.DELETE, source=source,
-                    assigned=metadata.assigned, intent_id=intent.id,
-                )
-                return self._log(Resolution(intent, "deleted", record.targets))
+                return await self._record(intent, ChangeType.DELETE, metadata.assigned, "deleted")
             # The node that got the write does not have the repository: the
             # write cannot have changed anything there.
             await self.intents.clear(intent)
@@ -354,11 +370,55 @@ class IntentResolver:
         if not differing:
             await self.intents.clear(intent)
             return self._log(Resolution(intent, "in-sync"))
-        record = await self.store.record_mutation(
-            vs, path, change=ChangeType.UPDATE, source=source,
-            assigned=metadata.assigned, intent_id=intent.id,
+        return await self._record(intent, ChangeType.UPDATE, metadata.assigned, "replicated")
+
+    async def _resolve_former_primary(
+        self, intent: Intent, metadata: RepositoryMetadata
+    ) -> Resolution:
+        """The intent's node is no longer the primary: undo its write rather than spread it.
+
+        Equal checksums (the write changed nothing, or the primary has it
+        too): the intent is cleared. Otherwise, or when either node cannot
+        answer, the node's replica is marked outdated and a replication from
+        the primary to it is queued, atomically with the clearing, so its
+        copy follows the primary's history and never the other way round.
+        """
+        vs, path, node, primary = (
+            intent.virtual_storage, intent.relative_path, intent.node, metadata.primary
         )
-        return self._log(Resolution(intent, "replicated", record.targets))
+        change = ChangeType.UPDATE
+        try:
+            node_sum = await self.checksum(vs, node, path)
+            if node_sum is None and intent.change is ChangeType.DELETE:
+                change = ChangeType.DELETE
+            same = node_sum == await self.checksum(vs, primary, path)
+        except Exception as error:
+            log.info(
+                "cannot compare %s on %s with the primary %s (%s): repairing %s",
+                path, node, primary, error, node,
+            )
+            same = False
+        if same:
+            await self.intents.clear(intent)
+            return self._log(Resolution(intent, "in-sync"))
+        # The same guarded call as a router's: it repairs the node, unless the
+        # primary moved back to it meanwhile, when the write is recorded.
+        outcome = "deleted" if change is ChangeType.DELETE else "replicated"
+        return await self._record(intent, change, metadata.assigned, outcome)
+
+    async def _record(
+        self, intent: Intent, change: ChangeType, assigned: Iterable[str], outcome: str
+    ) -> Resolution:
+        """Record the write from the intent's node, only while it is the primary."""
+        try:
+            record = await self.store.record_mutation(
+                intent.virtual_storage, intent.relative_path, change=change,
+                source=intent.node, assigned=assigned, intent_id=intent.id,
+                check=PrimaryCheck.REPAIR,
+            )
+        except PrimaryMoved as moved:
+            return self._log(Resolution(intent, "repaired", moved.repaired))
+        return self._log(Resolution(intent, outcome, record.targets))
 
     @staticmethod
     def _log(resolution: Resolution) -> Resolution:

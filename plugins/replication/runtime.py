@@ -45,7 +45,12 @@ from praefect.plugins.replication.intents import (
     new_intent_id,
 )
 from praefect.plugins.replication.nodes import NodeClients, NodeEndpoint
-from praefect.plugins.replication.state import MutationRecord, RepositoryStore
+from praefect.plugins.replication.state import (
+    MutationRecord,
+    PrimaryCheck,
+    PrimaryMoved,
+    RepositoryStore,
+)
 from praefect.plugins.replication.worker import WorkerPool, WorkerSettings
 from praefect.settings import Config
 
@@ -53,6 +58,7 @@ log = logging.getLogger("praefect.replication")
 
 __all__ = [
     "DEFINITE_FAILURES",
+    "PrimaryMoved",
     "RedisUnavailable",
     "ReplicationRuntime",
     "RuntimeOptions",
@@ -319,6 +325,13 @@ class ReplicationRuntime:
         One atomic Redis call. If it fails the intent stays in Redis and this
         router's resolver replicates the change once Redis answers again; the
         caller must still fail the client's call.
+
+        Raises :class:`PrimaryMoved` (a ``CallError``: the client gets
+        ABORTED) when ``primary`` is no longer the repository's primary: the
+        primary moved while the write was in flight. Nothing is recorded;
+        the same call marks ``primary``'s replica outdated, queues its
+        replication from the primary now (which undoes the write there) and
+        clears the intent.
         """
         try:
             return await self.store.record_mutation(
@@ -330,7 +343,15 @@ class ReplicationRuntime:
                 primary=primary,
                 intent_id=intent.id if intent else None,
                 trace_context=trace_context,
+                check=PrimaryCheck.REPAIR,
             )
+        except PrimaryMoved as moved:
+            log.warning(
+                "%s in %s: refused a write that %s took after %s became the primary; "
+                "%s's copy will be replicated from %s",
+                relative_path, virtual_storage, primary, moved.primary, primary, moved.primary,
+            )
+            raise
         except (RedisError, OSError) as error:
             raise RedisUnavailable(
                 f"the change reached the primary {primary} but could not be queued for "

@@ -47,18 +47,37 @@ end
 # Record a mutation (or track a repository): the generation bump, one event
 # per target and the clearing of the intent happen together or not at all.
 #
-# KEYS: repo, repos, version, changes, intents, events(target)...
+# A write taken by a node that is no longer the repository's primary (the
+# primary moved while the write was in flight) must not be recorded: its
+# generation would make that node's copy the newest, to be replicated over
+# the primary's. With check 'refuse' or 'repair', ARGV primary is the node
+# the write was routed to, and a tracked repository whose stored primary
+# differs is refused with status 'moved' and no generation bump. 'repair'
+# also brings the node that took the write (source) back in line with the
+# primary, in the same call: its replica generation is dropped (its copy
+# holds a change nobody acknowledged: it is no longer a copy of any
+# generation, so it serves no reads and wins no election), one event from
+# the primary to it is queued, and the intent is cleared.
+#
+# KEYS: repo, repos, version, changes, intents, events(target)...,
+#       events(source) (only with check 'repair')
 # ARGV: path, change, source, assigned (canonical JSON list), primary (for a
-#       new repository), intent id (or ''), changes maxlen, mode ('record' or
-#       'track'), created_at, virtual storage, trace (JSON), target...
+#       new repository; the expected one with a check), intent id (or ''),
+#       changes maxlen, mode ('record' or 'track'), created_at, virtual
+#       storage, trace (JSON), check ('', 'refuse' or 'repair'), target...
 # Returns {status, generation, version, state}; status is 'ok', 'stale' (the
-# caller's assignment differs: state holds the stored one) or 'exists'
-# (mode 'track' on a tracked repository: state holds it).
+# caller's assignment differs: state holds the stored one), 'exists' (mode
+# 'track' on a tracked repository: state holds it) or 'moved' (state holds
+# the repository after the refusal; version is 0 when nothing changed).
 _RECORD_MUTATION = r"""
 local repo, repos, version_key, changes, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local path, change, source, assigned = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local primary, intent, maxlen, mode = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local created_at, vs, trace = ARGV[9], ARGV[10], ARGV[11]
+local created_at, vs, trace, check = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local first_target = 13
+local target_count = #ARGV - first_target + 1
+local repair_stream = nil
+if check == 'repair' then repair_stream = KEYS[6 + target_count] end
 -- Redis does not roll a script back when a command fails half-way, so check
 -- every key before the first write: all of it happens, or none.
 local expected = {'hash', 'set', 'string', 'stream', 'hash'}
@@ -73,6 +92,25 @@ local exists = redis.call('EXISTS', repo) == 1
 if exists then
   if mode == 'track' then
     return {'exists', 0, 0, cjson.encode(hgetall_table(repo))}
+  end
+  local current = redis.call('HGET', repo, 'primary')
+  if check ~= '' and current and current ~= '' and current ~= primary then
+    local generation = tonumber(redis.call('HGET', repo, 'generation'))
+    if check ~= 'repair' or source == '' or source == current then
+      return {'moved', generation, 0, cjson.encode(hgetall_table(repo))}
+    end
+    redis.call('HDEL', repo, 'g:' .. source)
+    local version, state = publish_change(version_key, changes, repo, path, maxlen)
+    -- The repair needs the primary's copy, whatever its generation (it may
+    -- trail the repository's for a moment after an election).
+    local from = tonumber(redis.call('HGET', repo, 'g:' .. current) or generation)
+    if from > generation then from = generation end
+    redis.call('XADD', repair_stream, '*',
+      'vs', vs, 'path', path, 'change', 'update', 'source', current, 'target', source,
+      'generation', from, 'sequence', version, 'created_at', created_at,
+      'trace', trace, 'attempt', 0, 'not_before', 0)
+    if intent ~= '' then redis.call('HDEL', intents, intent) end
+    return {'moved', generation, version, state}
   end
   local stored = redis.call('HGET', repo, 'assigned')
   if stored ~= assigned then
@@ -98,9 +136,10 @@ else
   if source ~= '' then redis.call('HSET', repo, 'g:' .. source, generation) end
 end
 local version, state = publish_change(version_key, changes, repo, path, maxlen)
-for i = 6, #KEYS do
-  redis.call('XADD', KEYS[i], '*',
-    'vs', vs, 'path', path, 'change', change, 'source', source, 'target', ARGV[i + 6],
+for i = 1, target_count do
+  redis.call('XADD', KEYS[5 + i], '*',
+    'vs', vs, 'path', path, 'change', change, 'source', source,
+    'target', ARGV[first_target + i - 1],
     'generation', generation, 'sequence', version, 'created_at', created_at,
     'trace', trace, 'attempt', 0, 'not_before', 0)
 end
@@ -133,9 +172,11 @@ return {1, version}
 """
 
 # Compare-and-set of the primary. KEYS: repo, version, changes.
-# ARGV: path, expected ('' for any), new primary, maxlen.
+# ARGV: path, expected ('' for any), new primary, maxlen, up to date ('1':
+# only if the new primary is at the repository's generation, else '').
 # Returns {status, primary, version, state}; status is 'ok', 'unchanged',
-# 'conflict' (primary is the current one), 'untracked' or 'not-assigned'.
+# 'conflict' (primary is the current one), 'behind', 'untracked' or
+# 'not-assigned'.
 _SET_PRIMARY = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, ''} end
 local current = redis.call('HGET', KEYS[1], 'primary')
@@ -145,6 +186,12 @@ local assigned = cjson.decode(redis.call('HGET', KEYS[1], 'assigned'))
 local found = false
 for _, name in ipairs(assigned) do if name == ARGV[3] then found = true end end
 if not found then return {'not-assigned', current, 0, ''} end
+if ARGV[5] == '1' then
+  local have = tonumber(redis.call('HGET', KEYS[1], 'g:' .. ARGV[3]) or '-1')
+  if have < tonumber(redis.call('HGET', KEYS[1], 'generation')) then
+    return {'behind', current, 0, ''}
+  end
+end
 redis.call('HSET', KEYS[1], 'primary', ARGV[3])
 local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[4])
 return {'ok', ARGV[3], version, state}

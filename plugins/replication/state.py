@@ -17,6 +17,7 @@ keeps every router's in-memory view fresh.
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import grpc
 import redis.asyncio as aioredis
 
+from praefect.core.errors import CallError
 from praefect.core.mutation import ChangeType
 from praefect.plugins.replication.events import encode_trace
 from praefect.plugins.replication.keys import VirtualStorageKeys
@@ -34,6 +37,8 @@ from praefect.plugins.replication.scripts import Scripts
 __all__ = [
     "MutationRecord",
     "PrimaryChange",
+    "PrimaryCheck",
+    "PrimaryMoved",
     "RepositoryAlreadyTracked",
     "RepositoryMetadata",
     "RepositoryNotTracked",
@@ -67,6 +72,54 @@ class RepositoryAlreadyTracked(ValueError):
             f"{metadata.generation})"
         )
         self.metadata = metadata
+
+
+class PrimaryCheck(enum.Enum):
+    """What ``record_mutation`` does when ``primary`` is no longer the repository's primary."""
+
+    #: record anyway (tracking, removal, ``accept-dataloss``)
+    NONE = ""
+    #: refuse (:class:`PrimaryMoved`) and change nothing
+    REFUSE = "refuse"
+    #: refuse, and bring ``source``'s replica back in line with the primary:
+    #: its generation is dropped, a replication from the primary to it is
+    #: queued and the intent is cleared (a write a former primary took)
+    REPAIR = "repair"
+
+
+class PrimaryMoved(CallError):
+    """A change from a node that is no longer the repository's primary was refused.
+
+    The router fails the client's call with ABORTED: the write is not
+    acknowledged. ``repaired``: the nodes queued to be replicated from the
+    primary again (the one that took the write; empty with
+    ``PrimaryCheck.REFUSE``). ``metadata``: the repository after the refusal.
+    """
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(
+        self,
+        metadata: RepositoryMetadata,
+        node: str,
+        *,
+        repaired: tuple[str, ...] = (),
+    ) -> None:
+        path, primary = metadata.relative_path, metadata.primary
+        if repaired:
+            message = (
+                f"the primary of {path!r} moved from {node} to {primary} while this write was "
+                f"in flight; the write was not acknowledged and will be undone on {node}: retry it"
+            )
+        else:
+            message = (
+                f"the primary of {path!r} is {primary}, no longer {node}: nothing was changed"
+            )
+        super().__init__(message)
+        self.metadata = metadata
+        self.node = node
+        self.primary = primary
+        self.repaired = repaired
 
 
 def canonical_assignment(nodes: Iterable[str]) -> str:
@@ -165,7 +218,8 @@ class PrimaryChange:
 
     ``status``: ``ok`` (changed), ``unchanged``, ``conflict`` (the primary
     was not the expected one), ``none`` (no up-to-date candidate),
-    ``untracked`` or ``not-assigned``; ``primary`` is the primary now.
+    ``behind`` (the new primary is not up to date), ``untracked`` or
+    ``not-assigned``; ``primary`` is the primary now.
     """
 
     status: str
@@ -269,6 +323,7 @@ class RepositoryStore:
         created_at: float | None = None,
         targets: Iterable[str] | None = None,
         track_only: bool = False,
+        check: PrimaryCheck = PrimaryCheck.NONE,
     ) -> MutationRecord:
         """Bump the generation and queue one event per target, atomically.
 
@@ -284,6 +339,12 @@ class RepositoryStore:
 
         ``track_only`` raises :class:`RepositoryAlreadyTracked` instead of
         bumping a tracked repository.
+
+        ``check``: when the repository is tracked and its primary is not
+        ``primary`` (default ``source``), nothing is recorded and
+        :class:`PrimaryMoved` is raised; with ``PrimaryCheck.REPAIR`` the
+        same atomic call drops ``source``'s replica generation, queues a
+        replication from the primary to ``source`` and clears the intent.
         """
         keys = self.keys(virtual_storage)
         nodes = sorted(set(assigned) | ({source} if source else set()))
@@ -295,6 +356,9 @@ class RepositoryStore:
                 if targets is not None
                 else [name for name in nodes if name != source]
             )
+            # Without a source there is nobody to repair: refuse only.
+            repair = [keys.events(source)] if check is PrimaryCheck.REPAIR and source else []
+            check_arg = PrimaryCheck.REFUSE if check is PrimaryCheck.REPAIR and not source else check
             result = await self.scripts.record_mutation(
                 keys=[
                     keys.repository(relative_path),
@@ -303,6 +367,7 @@ class RepositoryStore:
                     keys.changes,
                     keys.intents,
                     *(keys.events(target) for target in chosen),
+                    *repair,
                 ],
                 args=[
                     relative_path,
@@ -316,6 +381,7 @@ class RepositoryStore:
                     repr(stamp),
                     virtual_storage,
                     trace,
+                    check_arg.value,
                     *chosen,
                 ],
             )
@@ -326,6 +392,13 @@ class RepositoryStore:
             if status == "exists":
                 raise RepositoryAlreadyTracked(
                     RepositoryMetadata.from_hash(virtual_storage, relative_path, json.loads(state))
+                )
+            if status == "moved":
+                self._changed(virtual_storage, relative_path, int(version), state)
+                raise PrimaryMoved(
+                    RepositoryMetadata.from_hash(virtual_storage, relative_path, json.loads(state)),
+                    primary or source,
+                    repaired=(source,) if int(version) else (),
                 )
             self._changed(virtual_storage, relative_path, int(version), state)
             change_record = StateChange.from_state(
@@ -371,11 +444,16 @@ class RepositoryStore:
         relative_path: str,
         storage: str,
         trace_context: Mapping[str, str] | None = None,
+        *,
+        only_if_primary: bool = False,
     ) -> MutationRecord:
         """Declare ``storage``'s replica the latest (``accept-dataloss``).
 
         Bumps the generation with ``storage`` at the new value, so every other
         replica is outdated and gets an event to replicate from ``storage``.
+        ``only_if_primary``: only while ``storage`` is the primary, else
+        :class:`PrimaryMoved` and nothing changes (a repair on behalf of a
+        primary that another election may have replaced meanwhile).
         """
         metadata = await self.require(virtual_storage, relative_path)
         return await self.record_mutation(
@@ -385,6 +463,7 @@ class RepositoryStore:
             source=storage,
             assigned=metadata.assigned,
             trace_context=trace_context,
+            check=PrimaryCheck.REFUSE if only_if_primary else PrimaryCheck.NONE,
         )
 
     async def set_replica_generation(
@@ -429,12 +508,21 @@ class RepositoryStore:
         new_primary: str,
         *,
         expected: str | None = None,
+        up_to_date: bool = False,
     ) -> PrimaryChange:
-        """Make ``new_primary`` the primary if the primary is still ``expected`` (None: any)."""
+        """Make ``new_primary`` the primary if the primary is still ``expected`` (None: any).
+
+        ``up_to_date``: only if ``new_primary``'s replica is at the
+        repository's generation when the primary changes (status ``behind``
+        otherwise), so a write recorded after the caller looked is not lost.
+        """
         keys = self.keys(virtual_storage)
         status, primary, version, state = await self.scripts.set_primary(
             keys=[keys.repository(relative_path), keys.version, keys.changes],
-            args=[relative_path, expected or "", new_primary, self.changes_maxlen],
+            args=[
+                relative_path, expected or "", new_primary, self.changes_maxlen,
+                "1" if up_to_date else "",
+            ],
         )
         if status == "ok":
             self._changed(virtual_storage, relative_path, int(version), state)

@@ -119,6 +119,7 @@ async def test_kill_9_of_the_primary_during_writes_loses_no_acknowledged_write(
         total = sum(len(commits) for commits in acknowledged.values())
         assert lost == [], f"{len(lost)} of {total} acknowledged writes are not on {new_primary}"
         assert set(failures) <= {
+            grpc.StatusCode.ABORTED,  # the primary moved before the write was acknowledged
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
             grpc.StatusCode.INTERNAL,

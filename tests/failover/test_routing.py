@@ -9,10 +9,11 @@ import grpc
 import pytest
 from grpc import aio
 
-from praefect.core.errors import Unavailable
 from praefect.core.mutation import ChangeType, Mutation
 from praefect.core.server import RouterServer
+from praefect.plugins.failover.election import MovedBeforeAcknowledgement
 from praefect.plugins.failover.runtime import FailoverRuntime
+from praefect.plugins.replication.state import PrimaryMoved
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc
 from tests.support.failover_cluster import (
     AUTH,
@@ -104,37 +105,50 @@ async def test_a_write_that_reaches_a_former_primary_is_refused_and_the_new_prim
     async with cluster.router() as router:
         assert router.bound_addr
         runtime = runtime_of(router)
+        replication = runtime.replication
         async with aio.insecure_channel(router.bound_addr) as channel:
             await create_repository(channel, "a.git")
             await commit_file(channel, "a.git", "main", "one.txt")
             await eventually(lambda: _everywhere(cluster, "a.git"), what="a.git on every node")
-        intents = runtime.replication.intents
+        intents = replication.intents
         assert intents is not None
         # gitaly-2 takes over while a write to gitaly-1 is in flight...
-        late = await intents.record(
-            VS, "a.git", router_id="other-router", node="gitaly-1",
-            replicas=("gitaly-2", "gitaly-3"), change=ChangeType.UPDATE,
+        late = await replication.begin_mutation(
+            VS, "a.git", primary="gitaly-1", replicas=("gitaly-2", "gitaly-3"),
+            change=ChangeType.UPDATE,
         )
         assert (await cluster.store.set_primary(VS, "a.git", "gitaly-2")).changed
-        # ...and its OK arrives: refused before the replication plugin records it,
-        with pytest.raises(Unavailable, match="moved from gitaly-1 to gitaly-2"):
-            await runtime.acknowledger.check_primary(_mutation("gitaly-1", runtime))
-        assert not await intents.exists(late), "the resolver must not replay it from gitaly-1"
-        # and if it was recorded anyway (a race with the check), gitaly-2's copy is
-        # made authoritative again instead of being overwritten from gitaly-1.
-        # (No events are queued here: a replication worker racing the repair is
-        # the replication plugin's part, see docs/failover.md.)
         before = await cluster.metadata("a.git")
-        await cluster.store.record_mutation(
+        # ...and its OK arrives: the replication plugin refuses to record it.
+        with pytest.raises(PrimaryMoved, match="moved from gitaly-1 to gitaly-2") as refused:
+            await replication.record_mutation(
+                VS, "a.git", primary="gitaly-1", replicas=("gitaly-2", "gitaly-3"),
+                change=ChangeType.UPDATE, intent=late,
+            )
+        assert refused.value.code is grpc.StatusCode.ABORTED
+        assert not await intents.exists(late), "the resolver must not replay it from gitaly-1"
+        assert late.id not in replication.in_flight()
+        # The router's own workers bring gitaly-1 back in line with gitaly-2.
+        await eventually(lambda: _everywhere(cluster, "a.git"), what="gitaly-1 repaired from gitaly-2")
+        repaired = await cluster.metadata("a.git")
+        assert (repaired.primary, repaired.generation) == ("gitaly-2", before.generation)
+
+        # A write recorded before the move but not yet acknowledged when it
+        # happens: ABORTED too, and gitaly-2's copy is made authoritative again
+        # instead of being overwritten from gitaly-1.
+        assert (await cluster.store.set_primary(VS, "a.git", "gitaly-1")).changed
+        recorded = await cluster.store.record_mutation(
             VS, "a.git", change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES, targets=()
         )
-        await runtime.replication.cache.wait_until(
-            lambda: (m := runtime.replication.cache.get(VS, "a.git")) is not None
-            and m.generation > before.generation
+        assert (await cluster.store.set_primary(VS, "a.git", "gitaly-2")).changed
+        await replication.cache.wait_until(
+            lambda: (m := replication.cache.get(VS, "a.git")) is not None
+            and m.primary == "gitaly-2"
         )
-        with pytest.raises(Unavailable, match="retry it"):
+        with pytest.raises(MovedBeforeAcknowledgement, match="before this write was acknowledged") as late_ack:
             await runtime.acknowledger.acknowledge(_mutation("gitaly-1", runtime))
+        assert late_ack.value.code is grpc.StatusCode.ABORTED
     after = await cluster.metadata("a.git")
     assert after.primary == "gitaly-2"
-    assert after.generation == before.generation + 2
+    assert after.generation == recorded.generation + 1
     assert after.is_up_to_date("gitaly-2"), "gitaly-2's copy is the newest; the others follow it"
