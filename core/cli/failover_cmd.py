@@ -28,7 +28,7 @@ from praefect.plugins.failover.election import Elector
 from praefect.plugins.failover.votes import HealthVotes, NodeView
 from praefect.plugins.replication.embedded_redis import connect
 from praefect.plugins.replication.runtime import redis_url_for
-from praefect.plugins.replication.state import RepositoryMetadata, RepositoryStore
+from praefect.plugins.replication.state import PrimaryMoved, RepositoryMetadata, RepositoryStore
 from praefect.settings import Config
 
 T = TypeVar("T")
@@ -209,18 +209,34 @@ async def _move(redis: _Redis, repo: RepositoryMetadata, target: str, force: boo
             path, before,
             f"refused: {target} is behind by {_changes(behind)}, which would be lost", True,
         )
-    change = await redis.store.set_primary(vs, path, target, expected=before)
+    # The move itself checks that the target is still up to date: a write
+    # recorded since the read above must not be lost without --force.
+    change = await redis.store.set_primary(vs, path, target, expected=before, up_to_date=not force)
     if change.status == "conflict":
         return _Move(path, before, f"refused: the primary changed meanwhile to {change.primary}; run again", True)
+    if change.status == "behind":
+        return _Move(
+            path, before,
+            f"refused: {target} fell behind meanwhile (a write was recorded); run again", True,
+        )
     if not change.changed:
         return _Move(path, before, f"refused: {change.status}", True)
-    if behind <= 0:
+    # Read again: with --force, what the target lacks is what it lacks now.
+    after = await redis.store.get(vs, path)
+    lost = 0 if after is None else after.generation - after.replica_generation(target)
+    if lost <= 0:
         return _Move(path, before, "moved")
-    record = await redis.store.set_authoritative(vs, path, target)
+    try:
+        record = await redis.store.set_authoritative(vs, path, target, only_if_primary=True)
+    except PrimaryMoved as moved:
+        return _Move(
+            path, before,
+            f"refused: the primary changed meanwhile to {moved.primary}; run again", True,
+        )
     await redis.elector.acknowledge(vs, path, target, record.generation)
     return _Move(
         path, before,
-        f"forced: {_changes(behind)} lost; {target} is authoritative at generation "
+        f"forced: {_changes(lost)} lost; {target} is authoritative at generation "
         f"{record.generation}",
     )
 

@@ -87,6 +87,31 @@ async def test_forced_failover_to_an_outdated_node_reports_and_accepts_the_loss(
     assert await client.xlen(store.keys(VS).events("gitaly-1")) >= 1, "the others replicate from gitaly-3"
 
 
+async def test_a_write_recorded_after_the_command_looked_is_never_lost_by_the_move(
+    store: RepositoryStore, client: aioredis.Redis
+) -> None:
+    # The command reads a repository, then moves it; a write recorded in
+    # between leaves the target behind. Without --force the move is refused;
+    # with it, the change the target lacks now is reported as lost.
+    from praefect.core.cli.failover_cmd import _move, _Redis
+    from praefect.plugins.failover.election import Elector
+
+    votes = HealthVotes(client, window=10.0)
+    redis = _Redis(store, votes, Elector(store, votes.scripts))
+    await repository(store, "race.git", writes=2, behind={})
+    looked = await store.require(VS, "race.git")
+    await store.record_mutation(VS, "race.git", change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES)
+
+    move = await _move(redis, looked, "gitaly-2", force=False)
+    assert move.refused and "gitaly-2 fell behind meanwhile" in move.result, move
+    assert (await store.require(VS, "race.git")).primary == "gitaly-1"
+
+    move = await _move(redis, looked, "gitaly-2", force=True)
+    assert not move.refused and move.result.startswith("forced: 1 change lost"), move
+    after = await store.require(VS, "race.git")
+    assert after.primary == "gitaly-2" and after.is_up_to_date("gitaly-2"), after
+
+
 async def test_failover_to_a_node_the_routers_see_down_is_refused(
     config: Path, store: RepositoryStore, client: aioredis.Redis
 ) -> None:
