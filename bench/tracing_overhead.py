@@ -14,12 +14,16 @@ own with one tracing set-up:
 - ``otlp``: every call sampled, spans batched and sent over OTLP/gRPC to a
   sink process that discards them (the production set-up).
 
-For each it measures unary throughput and p50/p99 latency at 1 and 16
-concurrent callers on RepositoryExists (router-bound: the node answers
-without git) and FindCommit (a git process per call), in rounds (every
-set-up back to back in each round), and prints the medians and each
-set-up's throughput relative to ``off``. Everything it started is stopped
-by pid on exit.
+For each it measures unary throughput, p50/p99 latency and the router
+process's CPU time per call (user + system, all its threads, from
+/proc/PID/stat) at 1 and 16 concurrent callers on RepositoryExists
+(router-bound: the node answers without git) and FindCommit (a git process
+per call), in rounds (every set-up back to back in each round), and prints
+the medians and each set-up's throughput and CPU per call relative to
+``off``. CPU per call is the figure to trust on a busy machine: throughput
+moves with whatever else runs, the router's own work per call much less.
+The load average before and after is printed with the figures. Everything
+it started is stopped by pid on exit.
 
 Helper modes (run by the benchmark itself): ``--serve-router SETTINGS
 --tracing MODE`` and ``--otlp-sink``.
@@ -213,15 +217,36 @@ class Figure:
     calls_per_second: float
     p50_ms: float
     p99_ms: float
+    #: the router's CPU time per call, microseconds (nan where /proc is missing)
+    cpu_us_per_call: float
 
 
-async def measure(address: str, method: str, request: bytes, callers: int, seconds: float) -> Figure:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its threads (Linux); nan elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    # the command name (field 2) may hold spaces: count fields after its ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+async def measure(address: str, method: str, request: bytes, callers: int, seconds: float, pid: int) -> Figure:
     metadata = (bearer_metadata(ROUTER_TOKEN),)
     latencies: list[float] = []
     async with aio.insecure_channel(address) as channel:
         call = channel.unary_unary(method)
         for _ in range(20):  # warm up: connection, handler caches
             await call(request, metadata=metadata)
+        cpu_before = cpu_seconds(pid)
         stop_at = time.perf_counter() + seconds
 
         async def caller() -> None:
@@ -232,11 +257,15 @@ async def measure(address: str, method: str, request: bytes, callers: int, secon
         began = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(callers)))
         elapsed = time.perf_counter() - began
+        # The otlp router exports every 100 ms (OTEL_BSP_SCHEDULE_DELAY, set
+        # by run()): the export of all but the last moment's spans is in here.
+        cpu = cpu_seconds(pid) - cpu_before
     latencies.sort()
     return Figure(
         calls_per_second=len(latencies) / elapsed,
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        cpu_us_per_call=cpu / len(latencies) * 1e6,
     )
 
 
@@ -275,6 +304,7 @@ def run(args: argparse.Namespace) -> None:
     praefect = [sys.executable, "-m", "praefect.core.cli"]
     this = [sys.executable, str(Path(__file__).resolve())]
     figures: dict[tuple[str, str, int], list[Figure]] = {}
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as scratch, Processes(env).running() as processes:
         storage = Path(scratch) / "storage"
         seed(storage, Path(scratch), env)
@@ -295,31 +325,51 @@ def run(args: argparse.Namespace) -> None:
                 router = processes.start(
                     f"router ({mode})",
                     [*this, "--serve-router", str(settings), "--tracing", mode],
-                    env={**env, "BENCH_OTLP": f"http://{sink.address}"},
+                    # exports every 100 ms rather than 5 s: the CPU they take falls
+                    # in the measured seconds
+                    env={**env, "BENCH_OTLP": f"http://{sink.address}", "OTEL_BSP_SCHEDULE_DELAY": "100"},
                 )
                 for name, (method, request) in requests().items():
                     for callers in args.callers:
-                        figure = asyncio.run(measure(router.address, method, request, callers, args.seconds))
+                        figure = asyncio.run(
+                            measure(router.address, method, request, callers, args.seconds, router.process.pid)
+                        )
                         figures.setdefault((name, mode, callers), []).append(figure)
                 processes.stop(router)
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
     report(figures, args)
+    print(f"load average (1, 5, 15 min) before: {load_before}; after: {load_average()}; CPUs: {os.cpu_count()}")
 
 
 def report(figures: dict[tuple[str, str, int], list[Figure]], args: argparse.Namespace) -> None:
     print()
-    print(f"{'call':<18}{'callers':>8}{'tracing':>10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs off':>8}")
+    print(
+        f"{'call':<18}{'callers':>8}{'tracing':>10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'vs off':>8}{'CPU us/call':>13}{'vs off':>8}"
+    )
     for name in requests():
         for callers in args.callers:
-            base = statistics.median(f.calls_per_second for f in figures[(name, "off", callers)]) if "off" in args.modes else None
+            base_rate = base_cpu = None
+            if "off" in args.modes:
+                base_runs = figures[(name, "off", callers)]
+                base_rate = statistics.median(f.calls_per_second for f in base_runs)
+                base_cpu = statistics.median(f.cpu_us_per_call for f in base_runs)
             for mode in args.modes:
                 runs = figures[(name, mode, callers)]
                 rate = statistics.median(f.calls_per_second for f in runs)
                 p50 = statistics.median(f.p50_ms for f in runs)
                 p99 = statistics.median(f.p99_ms for f in runs)
-                ratio = f"{rate / base:.2f}" if base else "-"
-                print(f"{name:<18}{callers:>8}{mode:>10}{rate:>10.0f}{p50:>9.2f}{p99:>9.2f}{ratio:>8}")
-    print("\n'vs off': throughput relative to the untraced router (medians of the rounds)")
+                cpu = statistics.median(f.cpu_us_per_call for f in runs)
+                rate_ratio = f"{rate / base_rate:.2f}" if base_rate else "-"
+                cpu_ratio = f"{cpu / base_cpu:.2f}" if base_cpu else "-"
+                print(
+                    f"{name:<18}{callers:>8}{mode:>10}{rate:>10.0f}{p50:>9.2f}{p99:>9.2f}"
+                    f"{rate_ratio:>8}{cpu:>13.0f}{cpu_ratio:>8}"
+                )
+    print(
+        "\n'vs off': throughput, then the router's CPU time per call, relative to the "
+        "untraced router (medians of the rounds)"
+    )
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from praefect.core.telemetry.propagation import (
     inject_trace_context,
     span_context_of,
 )
-from praefect.core.telemetry.replication import publish_span, replay_span
+from praefect.core.telemetry.replication import node_call_span, publish_span, replay_span
 from praefect.core.telemetry.router import TELEMETRY, RouterTelemetry, router_metrics
 from praefect.core.telemetry.tracing import (
     TracingConfigError,
@@ -58,6 +58,7 @@ __all__ = [
     "extract_trace_context",
     "inject_trace_context",
     "instrument_node_callable",
+    "node_call_span",
     "note_route",
     "publish_span",
     "replay_span",

@@ -4,28 +4,31 @@ A mutation's events are published inside the router's call (a producer span,
 child of the call's server span); their replay happens later, in a worker,
 as the root of a trace of its own (a consumer span) *linked* to the
 published context: one write, one trace; each replica's replay, one linked
-trace. The replay's ``ReplicateRepository`` call carries the replay's trace
-context (``inject_trace_context()`` inside :func:`replay_span`), so the
-target node's spans continue that trace.
+trace. The replay's ``ReplicateRepository`` call is a client span
+(:func:`node_call_span`) inside the replay, and carries that span's context
+(``inject_trace_context()`` inside it), so the target node's spans continue
+the replay's trace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
+import grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from praefect.core import __version__
+from praefect.core.telemetry.calls import span_status_for
 from praefect.core.telemetry.metrics import ReplicationMetrics
 from praefect.core.telemetry.propagation import inject_trace_context, span_context_of
 
-__all__ = ["ReplayedEvent", "publish_span", "replay_span"]
-
+__all__ = ["ReplayedEvent", "node_call_span", "publish_span", "replay_span"]
 
 
 def _tracer() -> trace.Tracer:
@@ -121,3 +124,46 @@ def replay_span(
     finally:
         if metrics is not None:
             metrics.observe_latency(event.virtual_storage, event.target, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def node_call_span(method: str, virtual_storage: str, node: str) -> Iterator[trace.Span]:
+    """A client span around one call replication makes to a node.
+
+    ``method`` is the full gRPC method (``/gitaly.RepositoryService/...``).
+    Current inside the block: send ``inject_trace_context()`` with the call
+    so the node's server span is its child. The span gets the call's status
+    code: from the ``grpc.aio.AioRpcError`` escaping the block, ``CANCELLED``
+    for a cancellation, ``OK`` when the block ends normally.
+    """
+    name = method.lstrip("/")
+    service, _, short = name.partition("/")
+    with _tracer().start_as_current_span(
+        name,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": short,
+            "praefect.virtual_storage": virtual_storage,
+            "praefect.node": node,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        code = grpc.StatusCode.OK
+        try:
+            yield span
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            if span.is_recording():
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                span.set_status(span_status_for(code))

@@ -18,6 +18,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from praefect.core.telemetry.propagation import inject_trace_context
 from praefect.core.tokens import bearer_metadata
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from praefect.settings import parse_address
@@ -100,7 +101,9 @@ class NodeClients:
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _metadata(self, node: NodeEndpoint, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-        return (bearer_metadata(node.token), *extra)
+        # The current span's W3C context (a replay's, in a worker): the
+        # node's spans continue its trace. Nothing when nothing is traced.
+        return (bearer_metadata(node.token), *extra, *inject_trace_context().items())
 
     async def replicate(
         self,

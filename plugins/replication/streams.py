@@ -20,7 +20,16 @@ from praefect.plugins.replication.events import EventDecodeError, ReplicationEve
 from praefect.plugins.replication.keys import VirtualStorageKeys, group_name
 from praefect.plugins.replication.scripts import Scripts
 
-__all__ = ["DeadLetter", "QueueStatus", "dead_letters", "ensure_group", "queue_status", "trim_acknowledged"]
+__all__ = [
+    "DeadLetter",
+    "QueueDepth",
+    "QueueStatus",
+    "dead_letters",
+    "ensure_group",
+    "queue_depth",
+    "queue_status",
+    "trim_acknowledged",
+]
 
 # Counting undelivered events stops here: the CLI shows "10000+".
 UNDELIVERED_COUNT_LIMIT = 10_000
@@ -106,7 +115,9 @@ async def queue_status(client: aioredis.Redis, virtual_storage: str, target: str
     oldest_times: list[float] = []
     if in_progress:
         summary: Any = await client.xpending(stream, group)
-        oldest_times.append(await _created_at(client, stream, summary["min"]))
+        # Acknowledged between XINFO and XPENDING: nothing pending any more.
+        if summary["min"] is not None:
+            oldest_times.append(await _created_at(client, stream, summary["min"]))
     undelivered_entries: Any = await client.xrange(
         stream, min=_successor(info["last-delivered-id"]), count=UNDELIVERED_COUNT_LIMIT
     )
@@ -125,6 +136,46 @@ async def queue_status(client: aioredis.Redis, virtual_storage: str, target: str
         dead_lettered=dead,
         consumers=int(info["consumers"]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """How many events of one target wait, and how many were given up on."""
+
+    virtual_storage: str
+    target: str
+    #: events not acknowledged yet: in progress, in backoff or undelivered
+    #: (the undelivered ones capped at UNDELIVERED_COUNT_LIMIT before Redis 7)
+    pending: int
+    #: events in the target's dead-letter stream
+    dead_letters: int
+
+
+async def queue_depth(client: aioredis.Redis, virtual_storage: str, target: str) -> QueueDepth:
+    """The counts of :func:`queue_status` without its event lookups, for metrics.
+
+    Three or four round trips, none decoding an event: Redis 7 reports the
+    group's undelivered entries (``lag``); older servers have them counted
+    with one XRANGE from the group's last delivered id.
+    """
+    keys = VirtualStorageKeys(virtual_storage)
+    stream, group = keys.events(target), group_name(target)
+    dead = int(await client.xlen(keys.dead_letters(target)))
+    try:
+        groups: Any = await client.xinfo_groups(stream)
+    except ResponseError:  # no such stream: nothing was ever queued
+        groups = []
+    info = next((g for g in groups if g["name"] == group), None)
+    if info is None:
+        # No worker ever read this stream: everything in it is undelivered.
+        return QueueDepth(virtual_storage, target, int(await client.xlen(stream)), dead)
+    lag = info.get("lag")
+    if lag is None:
+        undelivered: Any = await client.xrange(
+            stream, min=_successor(info["last-delivered-id"]), count=UNDELIVERED_COUNT_LIMIT
+        )
+        lag = len(undelivered)
+    return QueueDepth(virtual_storage, target, int(info["pending"]) + int(lag), dead)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,15 @@ consumer name per router (or per ``praefect replicate`` process):
    their idle time (XCLAIM JUSTID) while it holds them. Events idle longer
    than ``claim_idle`` belong to a consumer that died: XAUTOCLAIM takes them.
 5. The stream is trimmed only up to what the group acknowledged.
+
+Each replay is a ``replicate <change>`` consumer span
+(:func:`praefect.core.telemetry.replay_span`): a trace of its own, linked
+to the write's published trace context. Its call to the target is a client
+span (:func:`praefect.core.telemetry.node_call_span`) whose context the
+call carries, so the target node's spans continue the replay's trace. With
+:class:`~praefect.core.telemetry.ReplicationMetrics` (``metrics=``, or
+:meth:`WorkerPool.use_metrics`) every replay records its delay and
+duration, and every event given up on counts as dead-lettered.
 """
 
 from __future__ import annotations
@@ -41,10 +50,13 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from opentelemetry import propagate, trace
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from redis.exceptions import RedisError
 
 from praefect.core.mutation import ChangeType
+from praefect.core.telemetry.metrics import ReplicationMetrics
+from praefect.core.telemetry.replication import node_call_span, replay_span
 from praefect.plugins.replication.events import EventDecodeError, ReplicationEvent
 from praefect.plugins.replication.keys import VirtualStorageKeys, group_name
 from praefect.plugins.replication.nodes import NodeClients
@@ -57,7 +69,9 @@ from praefect.plugins.replication.state import RepositoryMetadata, RepositorySto
 from praefect.plugins.replication.streams import ensure_group, trim_acknowledged
 
 log = logging.getLogger("praefect.replication.worker")
-tracer = trace.get_tracer("praefect.replication")
+
+REPLICATE_REPOSITORY = "/gitaly.RepositoryService/ReplicateRepository"
+REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
 
 __all__ = ["ReplicationWorker", "WorkerPool", "WorkerSettings", "WorkerStats"]
 
@@ -152,6 +166,7 @@ class ReplicationWorker:
         *,
         consumer: str,
         settings: WorkerSettings | None = None,
+        metrics: ReplicationMetrics | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -160,6 +175,8 @@ class ReplicationWorker:
         self.target = target
         self.consumer = consumer
         self.settings = settings or WorkerSettings()
+        #: where replays record delay, duration and dead letters (None: nowhere)
+        self.metrics = metrics
         keys = VirtualStorageKeys(virtual_storage)
         self.stream = keys.events(target)
         self.dead_stream = keys.dead_letters(target)
@@ -393,30 +410,26 @@ class ReplicationWorker:
         newest = max(events, key=_order)
         ids = [event.stream_id for event in events if event.stream_id]
         try:
-            with tracer.start_as_current_span(
-                "replication.replay",
-                links=_links(newest.trace_context),
-                attributes={
-                    "praefect.virtual_storage": newest.virtual_storage,
-                    "praefect.relative_path": newest.relative_path,
-                    "praefect.change": newest.change.value,
-                    "praefect.target": newest.target,
-                    "praefect.generation": newest.generation,
-                    "praefect.attempt": newest.attempt,
-                    "praefect.coalesced": len(events),
-                },
-            ):
+            # One consumer span per replay, its own trace linked to the
+            # write; the node calls below carry its context.
+            with replay_span(newest, metrics=self.metrics) as span:
+                span.set_attributes(
+                    {"praefect.generation": newest.generation, "praefect.coalesced": len(events)}
+                )
                 try:
                     outcome = await self._carry_out(newest)
                 except (RedisError, OSError):
                     raise
                 except Exception as error:
+                    _mark_failed(span, error)
                     if await self._target_unreachable(error):
                         # Still pending under our name; no attempt used.
+                        span.set_attribute("praefect.outcome", "held: the target does not answer")
                         self._hold_again(path, events, time.time())
                         return
-                    await self._failed(newest, ids, error)
+                    span.set_attribute("praefect.outcome", await self._failed(newest, ids, error))
                     return
+                span.set_attribute("praefect.outcome", outcome)
                 await self._ack(ids)
                 log.debug("%r: %s %s (%d events)", self, outcome, path, len(events))
         except (RedisError, OSError) as error:
@@ -487,12 +500,13 @@ class ReplicationWorker:
                 self.stats.skipped += 1
                 return "skipped (tracked again since the delete)"
             self.stats.remove_calls += 1
-            await self.nodes.remove(
-                event.virtual_storage,
-                event.relative_path,
-                node=self.target,
-                deadline=self.settings.call_timeout,
-            )
+            with node_call_span(REMOVE_REPOSITORY, event.virtual_storage, self.target):
+                await self.nodes.remove(
+                    event.virtual_storage,
+                    event.relative_path,
+                    node=self.target,
+                    deadline=self.settings.call_timeout,
+                )
             return "removed"
         if metadata is None:
             self.stats.skipped += 1
@@ -512,13 +526,15 @@ class ReplicationWorker:
         source = self._choose_source(metadata, event)
         source_generation = metadata.replica_generation(source)
         self.stats.replicate_calls += 1
-        await self.nodes.replicate(
-            event.virtual_storage,
-            event.relative_path,
-            source=source,
-            target=self.target,
-            deadline=self.settings.call_timeout,
-        )
+        with node_call_span(REPLICATE_REPOSITORY, event.virtual_storage, self.target) as span:
+            span.set_attribute("praefect.source", source)
+            await self.nodes.replicate(
+                event.virtual_storage,
+                event.relative_path,
+                source=source,
+                target=self.target,
+                deadline=self.settings.call_timeout,
+            )
         await self.store.set_replica_generation(
             event.virtual_storage, event.relative_path, self.target, source_generation
         )
@@ -543,7 +559,8 @@ class ReplicationWorker:
         # Later attempts try the other sources in turn, in case one is down.
         return str(sufficient[event.attempt % len(sufficient)])
 
-    async def _failed(self, event: ReplicationEvent, ids: list[str], error: Exception) -> None:
+    async def _failed(self, event: ReplicationEvent, ids: list[str], error: Exception) -> str:
+        """Queue the event again with backoff, or dead-letter it; returns which."""
         attempts = event.attempt + 1
         reason = _describe(error)
         if attempts >= self.settings.max_attempts:
@@ -561,11 +578,12 @@ class ReplicationWorker:
                 await pipe.execute()
             self.stats.dead_lettered += 1
             self.stats.events_acked += len(ids)
+            self._count_dead_lettered()
             log.error(
                 "%r: giving up on %s after %d attempts, event moved to %s: %s",
                 self, event.relative_path, attempts, self.dead_stream, reason,
             )
-            return
+            return f"dead-lettered after {attempts} attempts"
         delay = self.settings.backoff(attempts, self._rng)
         retry = event.retry(time.time() + delay)
         async with self.client.pipeline(transaction=True) as pipe:
@@ -580,6 +598,11 @@ class ReplicationWorker:
             "%r: attempt %d of %d for %s failed (%s); next in %.1f s",
             self, attempts, self.settings.max_attempts, event.relative_path, reason, delay,
         )
+        return f"attempt {attempts} of {self.settings.max_attempts} failed; next in {delay:.1f} s"
+
+    def _count_dead_lettered(self) -> None:
+        if self.metrics is not None:
+            self.metrics.count_dead_lettered(self.virtual_storage, self.target)
 
     async def _dead_letter_raw(self, stream_id: str, fields: Mapping[str, str], reason: str) -> None:
         payload: dict[Any, Any] = dict(fields)
@@ -589,6 +612,7 @@ class ReplicationWorker:
             pipe.xack(self.stream, self.group, stream_id)
             await pipe.execute()
         self.stats.dead_lettered += 1
+        self._count_dead_lettered()
         log.error("%r: unreadable event %s moved to %s: %s", self, stream_id, self.dead_stream, reason)
 
 
@@ -602,11 +626,10 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _links(trace_context: Mapping[str, str]) -> list[trace.Link]:
-    if not trace_context:
-        return []
-    span_context = trace.get_current_span(propagate.extract(dict(trace_context))).get_span_context()
-    return [trace.Link(span_context)] if span_context.is_valid else []
+def _mark_failed(span: trace.Span, error: Exception) -> None:
+    """The replay failed (whatever happens to its events next)."""
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, _describe(error)))
 
 
 class WorkerPool:
@@ -620,14 +643,20 @@ class WorkerPool:
         *,
         consumer: str,
         settings: WorkerSettings | None = None,
+        metrics: ReplicationMetrics | None = None,
     ) -> None:
         self.workers = [
             ReplicationWorker(
                 client, store, nodes, node.virtual_storage, node.name,
-                consumer=consumer, settings=settings,
+                consumer=consumer, settings=settings, metrics=metrics,
             )
             for node in nodes.endpoints()
         ]
+
+    def use_metrics(self, metrics: ReplicationMetrics | None) -> None:
+        """Record every worker's replays in ``metrics`` from now on (None: stop)."""
+        for worker in self.workers:
+            worker.metrics = metrics
 
     async def start(self) -> None:
         for worker in self.workers:

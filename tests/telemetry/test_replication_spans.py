@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from praefect.core.mutation import ChangeType
 from praefect.core.telemetry import (
     extract_trace_context,
     inject_trace_context,
+    node_call_span,
     publish_span,
     replay_span,
     span_context_of,
@@ -76,6 +78,27 @@ def test_a_failed_replay_is_marked_and_reraised(tracing: InMemorySpanExporter) -
     replayed = Spans.from_exporter(tracing).one("replicate create")
     assert replayed.status == "ERROR"
     assert replayed.links == ()  # nothing to link to
+
+
+def test_node_call_spans_carry_their_context_and_the_call_s_outcome(tracing: InMemorySpanExporter) -> None:
+    method = "/gitaly.RepositoryService/RemoveRepository"
+    with replay_span(Event(trace_context={})) as replay, node_call_span(method, "praefect", "gitaly-2") as call:
+        sent = inject_trace_context()
+    with pytest.raises(asyncio.CancelledError), node_call_span(method, "praefect", "gitaly-2"):
+        raise asyncio.CancelledError
+    with pytest.raises(ValueError), node_call_span(method, "praefect", "gitaly-2"):
+        raise ValueError("not a gRPC error")
+
+    ok, cancelled, failed = Spans.from_exporter(tracing).named("gitaly.RepositoryService/RemoveRepository")
+    assert ok.kind == "CLIENT"
+    assert ok.parent_span_id == format(replay.get_span_context().span_id, "016x")
+    assert span_context_of(sent).span_id == call.get_span_context().span_id
+    assert ok.attributes["rpc.service"] == "gitaly.RepositoryService"
+    assert ok.attributes["rpc.method"] == "RemoveRepository"
+    assert ok.attributes["praefect.node"] == "gitaly-2"
+    assert (ok.attributes["rpc.grpc.status_code"], ok.status) == (0, "UNSET")
+    assert (cancelled.attributes["rpc.grpc.status_code"], cancelled.status) == (1, "ERROR")
+    assert (failed.attributes["rpc.grpc.status_code"], failed.status) == (2, "ERROR")
 
 
 def test_without_tracing_publish_yields_nothing_to_store() -> None:
