@@ -26,6 +26,7 @@ from rich.table import Table
 from praefect.core.cli import main as _main
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
+from praefect.core.cli.process_telemetry import process_telemetry
 from praefect.core.mutation import ChangeType
 from praefect.plugins.replication.embedded_redis import connect
 from praefect.plugins.replication.nodes import NodeClients
@@ -359,8 +360,9 @@ def replicate_command(config: Path | None, secrets: Path | None, worker_id: str 
         finally:
             await runtime.stop()
 
-    try:
-        asyncio.run(serve())
-    except (RedisError, OSError, RuntimeError) as error:
-        _fail(str(error))
+    with process_telemetry("replicate", settings):
+        try:
+            asyncio.run(serve())
+        except (RedisError, OSError, RuntimeError) as error:
+            _fail(str(error))
     sys.exit(0)

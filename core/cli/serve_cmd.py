@@ -16,6 +16,7 @@ import click
 
 from praefect.core.cli import main
 from praefect.core.cli.options import config_option, load_config_or_exit
+from praefect.core.cli.process_telemetry import process_telemetry
 from praefect.core.router_config import RouterConfig, RouterConfigError
 
 
@@ -58,23 +59,13 @@ def _serve(router_config: RouterConfig) -> None:
     # Imported here: nothing of gRPC may exist before `_run_workers` forks.
     from praefect.core.router import RouterStartError
     from praefect.core.server import RouterServer
-    from praefect.core.telemetry import configure_logging, configure_tracing, shutdown_tracing
-    from praefect.core.telemetry.tracing import TracingConfigError
 
-    settings = router_config.settings
-    configure_logging(settings.logging.format, settings.logging.level)
-    try:
-        configure_tracing("router", settings.tracing)
-    except TracingConfigError as error:
-        click.echo(f"praefect: tracing settings: {error}", err=True)
-        raise SystemExit(2) from error
-    try:
-        asyncio.run(RouterServer(router_config).serve())
-    except (OSError, RouterStartError) as error:
-        click.echo(f"praefect: cannot start the router: {error}", err=True)
-        raise SystemExit(1) from error
-    finally:
-        shutdown_tracing()
+    with process_telemetry("router", router_config.settings):
+        try:
+            asyncio.run(RouterServer(router_config).serve())
+        except (OSError, RouterStartError) as error:
+            click.echo(f"praefect: cannot start the router: {error}", err=True)
+            raise SystemExit(1) from error
 
 
 def _reserve_port(bind: str) -> tuple[str, socket.socket]:

@@ -152,16 +152,21 @@ async def test_commands_without_a_reachable_redis_say_what_to_do(tmp_path: Path,
 async def test_praefect_replicate_runs_workers_on_its_own(setup: Setup, store: RepositoryStore) -> None:
     source = make_bare_repo(setup.nodes["gitaly-1"].storage, "standalone.git", 2)
     await store.track_repository(VS, "standalone.git", primary="gitaly-1", assigned=NAMES)
-    env = clean_env()
+    # Its replays are traced like a router's (spans printed by the console exporter).
+    env = {**clean_env(), "OTEL_TRACES_EXPORTER": "console"}
     process = await asyncio.create_subprocess_exec(
         *PRAEFECT, "replicate", "--config", str(setup.config), "--id", "replicator-1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:
         assert process.stdout is not None
-        async with asyncio.timeout(20):
-            line = (await process.stdout.readline()).decode()
-        assert "praefect replicate running as replicator-1 with 3 workers" in line, line
+        started = ""
+        async with asyncio.timeout(20):  # log lines (stderr) may come first
+            while "praefect replicate running as" not in started:
+                line = (await process.stdout.readline()).decode()
+                assert line, f"praefect replicate exited before it started:\n{started}"
+                started += line
+        assert "praefect replicate running as replicator-1 with 3 workers" in started, started
 
         async def replicated() -> bool:
             metadata = await store.require(VS, "standalone.git")
@@ -174,5 +179,9 @@ async def test_praefect_replicate_runs_workers_on_its_own(setup: Setup, store: R
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
+            rest = (await process.stdout.read()).decode()
             await process.wait()
-    assert process.returncode == 0
+    assert process.returncode == 0, rest
+    assert '"service.name": "praefect-replicate"' in rest and '"name": "replicate ' in rest, (
+        f"the standalone workers' replays are traced:\n{rest[-3000:]}"
+    )
