@@ -127,16 +127,16 @@ class ReplicationGauges:
 
 @hookimpl  # type: ignore[untyped-decorator, unused-ignore]
 async def startup(router: Router) -> None:
+    metrics = router_metrics(router)
     runtime = ReplicationRuntime(
         router.settings,
         cache_listeners=[_cluster_listener(router.cluster)],
+        # From the start: a replay taken at once is timed too.
+        metrics=metrics.replication if metrics is not None else None,
     )
     await runtime.start()
     router.stash[RUNTIME] = runtime
-    metrics = router_metrics(router)
     if metrics is not None:
-        if runtime.workers is not None:
-            runtime.workers.use_metrics(metrics.replication)
         gauges = ReplicationGauges(runtime, router.cluster, metrics)
         metrics.add_scrape_hook(gauges.refresh)
         router.stash[_GAUGES] = gauges
@@ -151,8 +151,6 @@ async def shutdown(router: Router) -> None:
     runtime = replication_runtime(router)
     if runtime is not None:
         del router.stash[RUNTIME]
-        if runtime.workers is not None:
-            runtime.workers.use_metrics(None)
         await runtime.stop()
 
 

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from praefect.core.mutation import ChangeType
+from praefect.core.telemetry.metrics import ReplicationMetrics
 from praefect.plugins.replication.cache import CacheListener, StateCache
 from praefect.plugins.replication.embedded_redis import (
     EmbeddedRedis,
@@ -144,8 +145,10 @@ class ReplicationRuntime:
         router_id: str | None = None,
         options: RuntimeOptions | None = None,
         cache_listeners: Iterable[CacheListener] = (),
+        metrics: ReplicationMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.router_id = router_id or default_router_id()
         self.options = options or RuntimeOptions()
         self._listeners = tuple(cache_listeners)
@@ -238,7 +241,12 @@ class ReplicationRuntime:
                 target_probe_interval=TARGET_PROBE_INTERVAL,
             )
             self.workers = WorkerPool(
-                self._client, self._store, self.nodes, consumer=self.router_id, settings=worker_settings
+                self._client,
+                self._store,
+                self.nodes,
+                consumer=self.router_id,
+                settings=worker_settings,
+                metrics=self.metrics,
             )
             await self.workers.start()
         log.info(
