@@ -5,7 +5,9 @@ its stdin and stdout, exactly as it would over ssh. This module is that
 command: it forwards its stdin to a node in SSH*Request.stdin messages and
 writes the SSH*Response stdout/stderr chunks back, then exits with git's
 exit status on the node. So plain ``git clone``, ``git fetch``,
-``git ls-remote`` and ``git push`` work against a repository on a node::
+``git ls-remote`` and ``git push`` work against a repository on a node
+(tests and tools use it; the node's own replication relays the protocol in
+its process instead, see `praefect.node.replication_fetch`)::
 
     env = {**os.environ, **bridge_env("127.0.0.1:9001", "gitaly-1", "group/project.git", token)}
     subprocess.run(["git", "-c", "protocol.ext.allow=always", "clone", bridge_url(), "project"], env=env)

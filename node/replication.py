@@ -3,37 +3,40 @@
 The call arrives at the target node with the target `repository` and the
 `source` repository (on another storage). The source node's address and
 token come from the call's ``gitaly-servers`` header (see
-`praefect.node.gitaly_servers`). Steps:
+`praefect.node.gitaly_servers`). Everything the target needs from the source
+travels over one SSHUploadPack call (`praefect.node.replication_remote`) on
+a channel kept per source node (`praefect.node.source_channels`):
 
-1. Ask the source its object format (ObjectFormat RPC with the header's
-   token). NOT_FOUND there means the repository was deleted on the source:
-   the target repository is removed too (replicating the deletion), and the
-   call succeeds.
+1. The call's advertisement gives the source's object format. NOT_FOUND
+   means the repository was deleted on the source: the target repository
+   is removed too (replicating the deletion), and the call succeeds.
 2. If the target repository is missing, it is prepared in the storage's tmp
    area with the source's object format and only renamed into place once
    filled, so a half-replicated repository is never visible.
-3. ``git fetch --prune --atomic`` with the refspec ``+refs/*:refs/*`` from the
-   source through `praefect.node.git_bridge` (SSHUploadPack, protocol v2):
-   git's own negotiation sends only the objects the target lacks; every ref
-   ends up equal to the source's, deleted refs are pruned, force-pushed refs
-   follow, tags come along.
-4. HEAD is set to the source's HEAD (read with ls-refs, which also sees an
-   unborn HEAD).
+3. One ``ls-refs`` lists HEAD (even unborn) and every ref of the source
+   while ``git for-each-ref`` lists the target's. When they agree nothing is
+   fetched: replicating an up-to-date repository costs one upload-pack on
+   the source and one for-each-ref here.
+4. Otherwise ``git fetch --prune --atomic +refs/*:refs/*`` runs over the
+   same call (`praefect.node.replication_fetch`: git's ``fd::`` transport,
+   relayed by this process): git's own negotiation sends only the objects
+   the target lacks; every ref ends up equal to the source's, deleted refs
+   are pruned, force-pushed refs follow, tags come along.
+5. HEAD is pointed where the source's HEAD points, if it does not already.
 
-Replicating an up-to-date repository transfers no objects and changes
-nothing. The target never writes to the source.
+The target never writes to the source.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc import aio
 
 from praefect.node.errors import (
     AlreadyExists,
@@ -43,9 +46,14 @@ from praefect.node.errors import (
     NotFound,
 )
 from praefect.node.git import run_git, validate_ref_name
-from praefect.node.git_bridge import GIT_CONFIG_ALLOW_EXT, bridge_env, bridge_url
 from praefect.node.gitaly_servers import GitalyServer
-from praefect.node.replication_remote import RemoteHead, source_head, source_object_format
+from praefect.node.replication_fetch import fetch_from_session
+from praefect.node.replication_remote import (
+    RemoteHead,
+    SourceRefs,
+    SourceSession,
+    open_source_session,
+)
 from praefect.node.repository_files import (
     ensure_absent,
     init_bare,
@@ -54,6 +62,7 @@ from praefect.node.repository_files import (
     remove_repository,
     scratch_directory,
 )
+from praefect.node.source_channels import source_channel, source_channels
 from praefect.node.storage import RepositoryLocation, is_git_directory
 from praefect.protos.gitaly import shared_pb2
 
@@ -78,93 +87,120 @@ def validate_source(target: shared_pb2.Repository, source: shared_pb2.Repository
     return source
 
 
-async def fetch_from_source(git_dir: Path, source: shared_pb2.Repository, server: GitalyServer) -> None:
-    """Fetch every ref of `source` into `git_dir`, pruning what the source lacks."""
-    env = bridge_env(server.address, source.storage_name, source.relative_path, server.token)
-    # The bridge passes GIT_PROTOCOL on: the source answers in protocol v2,
-    # so only the refs asked for are listed.
-    env["GIT_PROTOCOL"] = "version=2"
-    # git's environment is rebuilt from scratch; the bridge is Python and
-    # must still find this installation when it is not a virtualenv.
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    result = await run_git(
-        [
-            *GIT_CONFIG_ALLOW_EXT,
-            "fetch",
-            "--quiet",
-            "--prune",
-            "--atomic",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--no-auto-gc",
-            bridge_url(),
-            "+refs/*:refs/*",
-        ],
-        git_dir=git_dir,
-        env=env,
-        check=False,
-    )
-    if not result.ok:
-        stderr = result.stderr.decode(errors="replace").strip()
-        raise NodeError(f"fetching from the source storage {source.storage_name!r} failed: {stderr}")
+@dataclass(frozen=True, slots=True)
+class LocalState:
+    """The target's refs (name -> object id) and what its HEAD file says."""
+
+    head: str
+    refs: dict[str, str]
+
+    @property
+    def object_format(self) -> str | None:
+        """Told by the length of any object id; None without refs."""
+        oid = next(iter(self.refs.values()), None)
+        if oid is None:
+            return None
+        return "sha256" if len(oid) == 64 else "sha1"
 
 
-async def apply_head(git_dir: Path, head: RemoteHead) -> None:
-    """Point HEAD where the source's HEAD points (no write when it already does)."""
+def _read_head(git_dir: Path) -> str:
+    return (git_dir / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
+
+
+async def local_state(git_dir: Path) -> LocalState:
+    listing = await run_git(["for-each-ref", "--format=%(objectname) %(refname)"], git_dir=git_dir)
+    refs = {}
+    for line in listing.stdout.decode(errors="replace").splitlines():
+        oid, _, name = line.partition(" ")
+        refs[name] = oid
+    return LocalState(await asyncio.to_thread(_read_head, git_dir), refs)
+
+
+async def apply_head(git_dir: Path, head: RemoteHead, current: str) -> None:
+    """Point HEAD where the source's HEAD points; `current` is what the
+    target's HEAD file says (no write when it already agrees)."""
     if head.symref is not None:
+        if current == f"ref: {head.symref}":
+            return
         target = await validate_ref_name(head.symref, what="source HEAD")
         if not target.startswith("refs/"):
             raise FailedPrecondition(f"the source's HEAD points at {target!r}, which is not a reference")
-        current = await run_git(["symbolic-ref", "--quiet", "HEAD"], git_dir=git_dir, check=False)
-        if current.stdout.decode().strip() != target:
-            await run_git(["symbolic-ref", "HEAD", target], git_dir=git_dir)
-    elif head.oid is not None and _OBJECT_ID.match(head.oid):
+        await run_git(["symbolic-ref", "HEAD", target], git_dir=git_dir)
+    elif head.oid is not None and _OBJECT_ID.match(head.oid) and current != head.oid:
         # A detached HEAD: its commit arrives only if some ref reaches it.
         present = await run_git(["cat-file", "-e", f"{head.oid}^{{commit}}"], git_dir=git_dir, check=False)
         if present.ok:
             await run_git(["update-ref", "--no-deref", "HEAD", head.oid], git_dir=git_dir)
 
 
-async def _fill(git_dir: Path, channel: aio.Channel, source: shared_pb2.Repository, server: GitalyServer) -> None:
-    await fetch_from_source(git_dir, source, server)
-    await apply_head(git_dir, await source_head(channel, source, server))
+async def _listing_and_local_state(session: SourceSession, git_dir: Path) -> tuple[SourceRefs, LocalState]:
+    """Both listings at once: git reads the target's refs while the source answers."""
+    local = asyncio.create_task(local_state(git_dir))
+    try:
+        return await session.list_refs(), await local
+    finally:
+        local.cancel()
+        await asyncio.gather(local, return_exceptions=True)
+
+
+async def _sync(git_dir: Path, session: SourceSession, listing: SourceRefs, local: LocalState, storage: str) -> None:
+    """Fetch only when a ref differs, then align HEAD."""
+    if listing.refs != local.refs:
+        await fetch_from_session(git_dir, session, storage)
+    else:
+        await session.finish()
+    await apply_head(git_dir, listing.head, local.head)
+
+
+async def _update(target: RepositoryLocation, session: SourceSession, source: shared_pb2.Repository) -> None:
+    listing, local = await _listing_and_local_state(session, target.path)
+    target_format = local.object_format or await read_object_format(target.path)
+    if target_format != session.object_format:
+        raise FailedPrecondition(
+            f"repository {target.relative_path!r} uses {target_format} objects but the source "
+            f"uses {session.object_format}: remove the target repository and replicate again"
+        )
+    await _sync(target.path, session, listing, local, source.storage_name)
+
+
+async def _create(target: RepositoryLocation, session: SourceSession, source: shared_pb2.Repository) -> None:
+    ensure_absent(target)  # a non-repository in the way is the caller's to clear
+    async with scratch_directory(target, "replicate-") as scratch:
+        prepared = scratch / "repository.git"
+        await init_bare(prepared, object_format=session.object_format)
+        listing = await session.list_refs()
+        fresh = LocalState(await asyncio.to_thread(_read_head, prepared), refs={})
+        await _sync(prepared, session, listing, fresh, source.storage_name)
+        try:
+            move_into_place(prepared, target)
+        except AlreadyExists:
+            raise NodeError(
+                f"repository {target.relative_path!r} was created while it was being replicated: "
+                "replicate again",
+                grpc.StatusCode.ABORTED,
+            ) from None
 
 
 async def replicate_repository(
     target: RepositoryLocation, source: shared_pb2.Repository, server: GitalyServer
 ) -> None:
     """Make `target` equal to `source` on `server` (see the module docstring)."""
-    async with aio.insecure_channel(server.grpc_target) as channel:
-        source_format = await source_object_format(channel, source, server)
-        if source_format is None:
+    try:
+        async with (
+            source_channel(server.grpc_target) as channel,
+            open_source_session(channel, source, server) as session,
+        ):
+            if session is None:
+                if is_git_directory(target.path):
+                    log.info("source of %s is gone: removing the target (replicated deletion)", target)
+                    with contextlib.suppress(NotFound):  # removed concurrently: same outcome
+                        await remove_repository(target)
+                return
             if is_git_directory(target.path):
-                log.info("source of %s is gone: removing the target (replicated deletion)", target)
-                with contextlib.suppress(NotFound):  # removed concurrently: same outcome
-                    await remove_repository(target)
-            return
-        format_name = "sha256" if source_format == shared_pb2.OBJECT_FORMAT_SHA256 else "sha1"
-
-        if is_git_directory(target.path):
-            target_format = await read_object_format(target.path)
-            if target_format != format_name:
-                raise FailedPrecondition(
-                    f"repository {target.relative_path!r} uses {target_format} objects but the source "
-                    f"uses {format_name}: remove the target repository and replicate again"
-                )
-            await _fill(target.path, channel, source, server)
-            return
-
-        ensure_absent(target)  # a non-repository in the way is the caller's to clear
-        async with scratch_directory(target, "replicate-") as scratch:
-            prepared = scratch / "repository.git"
-            await init_bare(prepared, object_format=format_name)
-            await _fill(prepared, channel, source, server)
-            try:
-                move_into_place(prepared, target)
-            except AlreadyExists:
-                raise NodeError(
-                    f"repository {target.relative_path!r} was created while it was being replicated: "
-                    "replicate again",
-                    grpc.StatusCode.ABORTED,
-                ) from None
+                await _update(target, session, source)
+            else:
+                await _create(target, session, source)
+    except NodeError as error:
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            source_channels().discard(server.grpc_target)  # the next replication connects afresh
+        raise
