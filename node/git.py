@@ -118,9 +118,13 @@ async def spawn_git(
     env: Mapping[str, str] | None = None,
     stdin: bool = False,
     stderr_to_pipe: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Start git; on exit from the block (normal, error or cancellation) make
-    sure the process group is gone and the process reaped."""
+    sure the process group is gone and the process reaped.
+
+    `pass_fds`: descriptors git inherits under their own numbers (the
+    ``fd::<n>`` transport); the caller keeps and closes its copies."""
     info = GitProcessInfo(tuple(args))
     observer = _process_observer
     with observer(info) if observer is not None else contextlib.nullcontext():
@@ -132,6 +136,7 @@ async def spawn_git(
             cwd=str(cwd) if cwd else None,
             env=base_environment(env),
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
             limit=PIPE_CHUNK_SIZE * 4,
         )
         info.pid = process.pid

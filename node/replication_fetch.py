@@ -20,13 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from praefect.node.errors import NodeError
-from praefect.node.git import GitProcessInfo, base_environment, git_argv, kill_and_reap
+from praefect.node.git import spawn_git
 from praefect.node.replication_remote import SourceSession
-from praefect.node.telemetry import git_process_span
 
 #: after git exits, how long the source may take to end the call
 RELAY_DRAIN_TIMEOUT = 10.0
@@ -54,38 +52,14 @@ def fetch_arguments(fd: int) -> list[str]:
     ]
 
 
-@contextlib.asynccontextmanager
-async def spawn_git_with_fd(
-    args: list[str], *, git_dir: Path, fd: int
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`praefect.node.git.spawn_git` for a git that inherits descriptor `fd`:
-    own process group, a span per process, killed and reaped on exit."""
-    info = GitProcessInfo(tuple(args))
-    with git_process_span(info):
-        process = await asyncio.create_subprocess_exec(
-            *git_argv(args, git_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=base_environment(),
-            start_new_session=True,
-            pass_fds=(fd,),
-        )
-        info.pid = process.pid
-        try:
-            yield process
-        finally:
-            await asyncio.shield(kill_and_reap(process))
-            info.returncode = process.returncode
-
-
 async def fetch_from_session(git_dir: Path, session: SourceSession, storage: str) -> None:
     """Fetch every ref of the session's repository into `git_dir`, pruning
     what the source lacks; `storage` names the source in errors."""
     node_end, git_end = socket.socketpair()
     node_end.setblocking(False)
     with node_end, git_end:
-        async with spawn_git_with_fd(fetch_arguments(git_end.fileno()), git_dir=git_dir, fd=git_end.fileno()) as process:
+        fd = git_end.fileno()
+        async with spawn_git(fetch_arguments(fd), git_dir=git_dir, pass_fds=(fd,)) as process:
             # Only git holds its end now, so the relay sees EOF when git is done.
             git_end.close()
             relay = asyncio.create_task(session.relay(node_end))

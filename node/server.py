@@ -22,6 +22,7 @@ from praefect.node.auth import TokenAuthInterceptor
 from praefect.node.context import NodeContext
 from praefect.node.git import run_git
 from praefect.node.services import SERVICE_MODULES
+from praefect.node.source_channels import close_source_channels
 from praefect.node.storage import StorageLocator
 from praefect.node.telemetry import node_interceptor, observe_git_processes, setup_node_process
 from praefect.settings import TracingConfig
@@ -103,6 +104,9 @@ class NodeServer:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.config.graceful_stop_timeout if grace is None else grace)
         self.server = None
+        # Only after the stop: replications in flight use them until they end.
+        # They are the event loop's, and a loop serves one node outside tests.
+        await close_source_channels()
 
     async def serve(self) -> None:
         """Start, print the bound address, and run until SIGTERM or SIGINT."""

@@ -112,11 +112,33 @@ async def test_a_restarted_source_is_replicated_from_on_the_first_try(nodes: Nod
     source = nodes.seed_source("project.git", make_work_repo(tmp_path / "work", commits=1))
     await nodes.replicate("project.git")
     address = nodes.source_address
-    await nodes.source.shutdown(grace=0)
+    async with source_channel(address) as kept:
+        pass
+    # Only the source's gRPC server stops: `NodeServer.shutdown` would also
+    # close the channels of this event loop, which the target node shares.
+    assert nodes.source.server is not None
+    await nodes.source.server.stop(0)
     git(["branch", "topic", "main"], cwd=source)
 
     config = NodeServerConfig(address, {STORAGE_A: nodes.root_a}, TOKEN_A)
     async with NodeServer(config):
         await nodes.replicate("project.git")  # the kept channel reconnects at once
+        async with source_channel(address) as used:
+            assert used is kept
 
     assert "refs/heads/topic" in git(["for-each-ref"], cwd=nodes.root_b / "project.git")
+
+
+async def test_a_node_closes_its_source_channels_at_shutdown(nodes: NodePair, tmp_path: Path) -> None:
+    nodes.seed_source("project.git", make_work_repo(tmp_path / "work", commits=1))
+    await nodes.replicate("project.git")
+    channels = source_channels()
+    async with source_channel(nodes.source_address) as channel:
+        pass
+    assert len(channels) == 1, "the replication's channel is the one looked at"
+
+    await nodes.target.shutdown(grace=0)
+
+    assert closed(channel)
+    assert len(channels) == 0
+    assert source_channels() is not channels, "the shut-down node's channels are forgotten"
