@@ -6,47 +6,20 @@ timings on a shared machine say nothing about correctness.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "proxy_overhead.py"
+from tests.support.bench import run_short_benchmark
+
 RUN_SECONDS = 120
 RATIO = r"\d+\.\d\dx"
-
-
-def run_short_benchmark() -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PRAEFECT_")}
-    process = subprocess.Popen(
-        [sys.executable, str(BENCH), "--short"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=RUN_SECONDS)
-    except subprocess.TimeoutExpired:
-        # SIGTERM first: the benchmark then stops every process it started.
-        process.send_signal(signal.SIGTERM)
-        try:
-            stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        pytest.fail(f"bench/proxy_overhead.py --short did not finish within {RUN_SECONDS} s:\n{stderr[-3000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_SECONDS + 60)
 def test_short_benchmark_completes_and_prints_ratios() -> None:
-    result = run_short_benchmark()
+    result = run_short_benchmark("proxy_overhead.py", within=RUN_SECONDS)
 
     assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}"
     out = result.stdout
