@@ -162,6 +162,66 @@ local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[4
 return {1, wanted, version, state}
 """
 
+# After ReplicateRepository copied source S into target T, raise T to G (the
+# generation S had when the copy was planned), but only while that copy can
+# still be a copy of generation G.
+#
+# The test is "S's generation is still >= G", not "S is still up to date".
+# S's generation only ever goes down by being dropped: S took a write it had
+# no right to (a former primary's, refused) or an intent of S was settled
+# against it. Either way S's copy held a change nobody acknowledged, and T
+# may have copied it. Everything else keeps S's copy a true copy of G: S
+# taking writes as primary (G -> G+1, T holds at least G), another node
+# taking writes while S stays at G (S is outdated but its copy is still
+# generation G), a move of the primary. "Up to date" would refuse all of
+# those, so a target replicated from a secondary would never be raised
+# under steady writes, and a worker that used a merely sufficient source
+# (generation >= the event's) never either.
+# S not the primary but with an open intent on this path is refused too:
+# such a write is on S's disk (maybe in T's copy now) and is about to be
+# refused, its drop not yet recorded.
+# The source checked is the one the copy used, whichever the worker picked:
+# the event's own source is only a hint.
+#
+# Also refused: a repository created again since the plan (another life:
+# its generations mean other contents), and a target that is the primary
+# now (it became primary during the copy: nothing is raised, the caller
+# reports that the copy may have overwritten writes it took as primary).
+#
+# KEYS: repo, version, changes, intents. ARGV: path, target, generation G,
+# maxlen, source, created_at at the plan ('' not checked).
+# Returns {status, target's generation, source's generation (-1: none),
+# version, state}; status 'raised', 'unchanged' (T already >= G),
+# 'untracked', 'recreated', 'target-primary', 'source-behind' (S's
+# generation was dropped or is below G) or 'source-in-flight'.
+_RAISE_AFTER_COPY = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', -1, -1, 0, ''} end
+local path, target, wanted, source = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+local have = tonumber(redis.call('HGET', KEYS[1], 'g:' .. target) or '-1')
+local source_has = tonumber(redis.call('HGET', KEYS[1], 'g:' .. source) or '-1')
+local created_at = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '')
+if ARGV[6] ~= '' and created_at ~= tonumber(ARGV[6]) then
+  return {'recreated', have, source_has, 0, ''}
+end
+local primary = redis.call('HGET', KEYS[1], 'primary') or ''
+if primary == target then return {'target-primary', have, source_has, 0, ''} end
+if source_has < wanted then return {'source-behind', have, source_has, 0, ''} end
+if primary ~= source then
+  for _, text in ipairs(redis.call('HVALS', KEYS[4])) do
+    local ok, intent = pcall(cjson.decode, text)
+    if ok and type(intent) == 'table' and intent.path == path and intent.node == source then
+      return {'source-in-flight', have, source_has, 0, ''}
+    end
+  end
+end
+local repository_generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+if wanted > repository_generation then wanted = repository_generation end
+if have >= wanted then return {'unchanged', have, source_has, 0, ''} end
+redis.call('HSET', KEYS[1], 'g:' .. target, wanted)
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], path, ARGV[4])
+return {'raised', wanted, source_has, version, state}
+"""
+
 # Stop tracking a repository. KEYS: repo, repos, version, changes.
 # ARGV: path, maxlen. Returns {removed (0/1), version}.
 _REMOVE_REPOSITORY = r"""
@@ -268,6 +328,7 @@ class Scripts:
 
     record_mutation: AsyncScript
     set_replica_generation: AsyncScript
+    raise_after_copy: AsyncScript
     remove_repository: AsyncScript
     set_primary: AsyncScript
     elect_primary: AsyncScript
@@ -279,6 +340,7 @@ class Scripts:
         return cls(
             record_mutation=client.register_script(_PRELUDE + _RECORD_MUTATION),
             set_replica_generation=client.register_script(_PRELUDE + _SET_REPLICA_GENERATION),
+            raise_after_copy=client.register_script(_PRELUDE + _RAISE_AFTER_COPY),
             remove_repository=client.register_script(_PRELUDE + _REMOVE_REPOSITORY),
             set_primary=client.register_script(_PRELUDE + _SET_PRIMARY),
             elect_primary=client.register_script(_PRELUDE + _ELECT_PRIMARY),

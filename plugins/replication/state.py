@@ -39,6 +39,8 @@ __all__ = [
     "PrimaryChange",
     "PrimaryCheck",
     "PrimaryMoved",
+    "RaiseStatus",
+    "ReplicaRaise",
     "RepositoryAlreadyTracked",
     "RepositoryMetadata",
     "RepositoryNotTracked",
@@ -228,6 +230,39 @@ class PrimaryChange:
     @property
     def changed(self) -> bool:
         return self.status == "ok"
+
+
+class RaiseStatus(enum.Enum):
+    """What :meth:`RepositoryStore.raise_after_copy` did with the target's generation."""
+
+    #: raised to the copy's generation
+    RAISED = "raised"
+    #: the target already had that generation or more
+    UNCHANGED = "unchanged"
+    #: the repository is no longer tracked
+    UNTRACKED = "untracked"
+    #: the repository was created again since the copy was planned
+    RECREATED = "recreated"
+    #: the target is the primary now (it became primary during the copy)
+    TARGET_PRIMARY = "target-primary"
+    #: the source's generation was dropped, or is below the copy's
+    SOURCE_BEHIND = "source-behind"
+    #: the source is not the primary and has a write in flight on the repository
+    SOURCE_IN_FLIGHT = "source-in-flight"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRaise:
+    """The result of raise_after_copy: the status and both generations at that moment (-1: none)."""
+
+    status: RaiseStatus
+    generation: int
+    source_generation: int
+
+    @property
+    def holds(self) -> bool:
+        """True when the copy counts: the target is (now) at the copy's generation or above."""
+        return self.status in (RaiseStatus.RAISED, RaiseStatus.UNCHANGED)
 
 
 class RepositoryStore:
@@ -483,6 +518,39 @@ class RepositoryStore:
             self._changed(virtual_storage, relative_path, int(version), state)
             return True
         return False
+
+    async def raise_after_copy(
+        self,
+        virtual_storage: str,
+        relative_path: str,
+        target: str,
+        generation: int,
+        *,
+        source: str,
+        created_at: float = 0.0,
+    ) -> ReplicaRaise:
+        """After a copy from ``source``: raise ``target`` to ``generation`` if the copy counts.
+
+        ``generation`` is what ``source`` had when the copy was planned,
+        ``created_at`` the repository's then (0: not checked). In one Lua
+        call the target is raised only while ``source`` still has
+        ``generation`` or more (its generation was not dropped meanwhile:
+        it held no refused write), ``source`` has no write in flight on the
+        repository unless it is the primary, the repository was not created
+        again and ``target`` is not the primary. Never lowers a generation.
+        """
+        keys = self.keys(virtual_storage)
+        status, now, source_now, version, state = await self.scripts.raise_after_copy(
+            keys=[keys.repository(relative_path), keys.version, keys.changes, keys.intents],
+            args=[
+                relative_path, target, generation, self.changes_maxlen, source,
+                repr(created_at) if created_at else "",
+            ],
+        )
+        result = ReplicaRaise(RaiseStatus(str(status)), int(now), int(source_now))
+        if result.status is RaiseStatus.RAISED:
+            self._changed(virtual_storage, relative_path, int(version), state)
+        return result
 
     async def remove_repository(self, virtual_storage: str, relative_path: str) -> bool:
         """Stop tracking the repository (its replicas are left alone); True if it was tracked."""

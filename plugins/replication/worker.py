@@ -12,7 +12,13 @@ consumer name per router (or per ``praefect replicate`` process):
    the target's own token, the source in ``gitaly-servers``), raise the
    target's generation to the source's, then XACK. Delete: RemoveRepository
    on the target (unless the repository was tracked again since), then XACK.
-   A target already at the event's generation is acknowledged at once.
+   A target already at the event's generation is acknowledged at once, and
+   so is one that is the repository's primary now: nothing is ever
+   replicated into the primary (it would overwrite writes it took). The
+   raise is conditional (:meth:`RepositoryStore.raise_after_copy`): when
+   the source's generation was dropped during the copy (it held a refused
+   write that the copy may have taken), the target is left as it was and
+   the event is retried, planned again from the state then.
 3. Failure: the newest event is appended again with ``attempt + 1`` and a
    ``not_before`` (exponential backoff with jitter) while the originals are
    acknowledged, in one MULTI; after ``max_attempts`` it goes to the
@@ -65,7 +71,12 @@ from praefect.plugins.replication.redis_io import (
     cancellable,
     raise_if_cancelling,
 )
-from praefect.plugins.replication.state import RepositoryMetadata, RepositoryStore
+from praefect.plugins.replication.state import (
+    RaiseStatus,
+    ReplicaRaise,
+    RepositoryMetadata,
+    RepositoryStore,
+)
 from praefect.plugins.replication.streams import ensure_group, trim_acknowledged
 
 log = logging.getLogger("praefect.replication.worker")
@@ -129,10 +140,16 @@ class WorkerStats:
     target_down: int = 0
     #: health probes of a target that was down
     target_probes: int = 0
+    #: copies after which the target was not raised (the event was retried)
+    not_raised: int = 0
 
 
 class NoSourceError(RuntimeError):
     """No replica has the generation the event needs."""
+
+
+class CopyNotCounted(RuntimeError):
+    """The copy ran, but the target was not raised: it may hold a change nobody acknowledged."""
 
 
 @dataclass(slots=True)
@@ -420,6 +437,12 @@ class ReplicationWorker:
                     outcome = await self._carry_out(newest)
                 except (RedisError, OSError):
                     raise
+                except CopyNotCounted as refused:
+                    # Not a failure of the call: plan again (the source that
+                    # held the refused write no longer qualifies).
+                    retried = await self._failed(newest, ids, refused)
+                    span.set_attribute("praefect.outcome", f"{refused}; {retried}")
+                    return
                 except Exception as error:
                     _mark_failed(span, error)
                     if await self._target_unreachable(error):
@@ -519,6 +542,17 @@ class ReplicationWorker:
             # belongs to an earlier life of a path deleted and created again.
             self.stats.skipped += 1
             return "skipped (the repository was created again since)"
+        if metadata.primary == self.target:
+            # Queued while the target was a secondary, replayed after a
+            # failover made it the primary: a copy into it would overwrite
+            # the writes it has taken as primary. Its own generation says
+            # what it has; the others replicate from it.
+            self.stats.skipped += 1
+            log.info(
+                "%r: not replicating %s into %s: it is the primary now (event of generation %d)",
+                self, event.relative_path, self.target, event.generation,
+            )
+            return "skipped: target is now the primary"
         current = metadata.replica_generation(self.target)
         if current >= 0 and current >= event.generation:
             self.stats.skipped += 1
@@ -535,10 +569,44 @@ class ReplicationWorker:
                 target=self.target,
                 deadline=self.settings.call_timeout,
             )
-        await self.store.set_replica_generation(
-            event.virtual_storage, event.relative_path, self.target, source_generation
+        # The source actually used (maybe not the event's) must still vouch
+        # for the copy: see RepositoryStore.raise_after_copy.
+        result = await self.store.raise_after_copy(
+            event.virtual_storage,
+            event.relative_path,
+            self.target,
+            source_generation,
+            source=source,
+            created_at=metadata.created_at,
         )
-        return f"replicated from {source} at generation {source_generation}"
+        return self._copied(event, source, source_generation, result)
+
+    def _copied(
+        self, event: ReplicationEvent, source: str, generation: int, result: ReplicaRaise
+    ) -> str:
+        """The outcome of a copy whose raise was ``result``; raises CopyNotCounted to retry."""
+        path = event.relative_path
+        if result.holds:
+            return f"replicated from {source} at generation {generation}"
+        if result.status is RaiseStatus.UNTRACKED:
+            return f"replicated from {source}; not raised: the repository is no longer tracked"
+        if result.status is RaiseStatus.TARGET_PRIMARY:
+            # Checked just before the call, so the target was elected while
+            # the copy ran: whatever it took as primary meanwhile may be gone.
+            log.error(
+                "%r: %s became the primary of %s while it was being replicated from %s; "
+                "writes it took as primary during the copy may have been overwritten",
+                self, self.target, path, source,
+            )
+            return (
+                f"replicated from {source}; not raised: the target became the primary "
+                "during the copy"
+            )
+        self.stats.not_raised += 1
+        raise CopyNotCounted(
+            f"copied from {source} but not raised to generation {generation}: "
+            f"{_why_not_counted(source, result)}"
+        )
 
     def _choose_source(self, metadata: RepositoryMetadata, event: ReplicationEvent) -> str:
         configured = {node.name for node in self.nodes.endpoints(event.virtual_storage)}
@@ -614,6 +682,18 @@ class ReplicationWorker:
         self.stats.dead_lettered += 1
         self._count_dead_lettered()
         log.error("%r: unreadable event %s moved to %s: %s", self, stream_id, self.dead_stream, reason)
+
+
+def _why_not_counted(source: str, result: ReplicaRaise) -> str:
+    if result.status is RaiseStatus.SOURCE_BEHIND:
+        dropped = result.source_generation < 0
+        now = "was dropped" if dropped else f"went down to {result.source_generation}"
+        return f"{source}'s generation {now} during the copy (it held a write that was refused)"
+    if result.status is RaiseStatus.SOURCE_IN_FLIGHT:
+        return f"{source} is no longer the primary and has a write in flight, to be refused"
+    if result.status is RaiseStatus.RECREATED:
+        return "the repository was created again during the copy"
+    return str(result.status.value)
 
 
 def _with_not_before(event: ReplicationEvent, not_before: float) -> ReplicationEvent:
