@@ -12,9 +12,14 @@ measures, direct to the node and through each router:
   callers, with p50/p99 latency; the 32 callers come from several client
   processes when one client process is not enough to load the node (checked
   in the run: direct throughput with 1 and 2 client processes);
-- streaming throughput: GetBlob of the large blob, and a full clone through
-  PostUploadPack (a protocol v2 fetch of every ref, as `git clone` sends);
-- the router's RSS growth while a large clone streams through it.
+- streaming throughput, CPU per MB and message size: GetBlob of the large
+  blob, a full clone through PostUploadPack (a protocol v2 fetch of every
+  ref, as `git clone` sends) and through SSHUploadPack (the client's side
+  open until git's exit status, as over ssh);
+- the router's RSS growth while a large clone streams through it;
+- with ``--only ...,floor``: the router's own floor, its CPU per MB relaying
+  GetBlob from a fake node that streams from memory (`_fake_node.py`) in
+  messages of 16 KiB to 1 MiB.
 
 It prints a table of absolute figures and proxied/direct ratios (medians of
 the rounds; each round measures direct and proxied back to back), then the
@@ -36,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -44,12 +49,20 @@ from types import FrameType
 import grpc
 from _processes import Launcher, Started, rss_bytes
 from _seed import Seeded, git_environment, seed_repository
-from _streams import get_blob, get_blob_request, upload_pack, upload_pack_request
+from _streams import (
+    Streamed,
+    get_blob,
+    get_blob_request,
+    ssh_upload_pack,
+    ssh_upload_pack_request,
+    upload_pack,
+    upload_pack_request,
+)
 from _unary_load import client_options, cpu_seconds, run_unary
 from grpc import aio
 
 from praefect.core.tokens import bearer_metadata
-from praefect.protos.gitaly import commit_pb2, repository_pb2, shared_pb2
+from praefect.protos.gitaly import blob_pb2, commit_pb2, repository_pb2, shared_pb2
 from praefect.settings import to_toml
 
 MB = 1024 * 1024
@@ -66,6 +79,7 @@ TARGETS = {"unary throughput at 32 callers": 0.6, "streaming throughput": 0.8}
 RSS_LIMIT_MB = 50.0
 NAIVE = "naive proxy"
 UNUSED_REDIS_URL = "redis://127.0.0.1:1/0"
+StreamCall = Callable[[aio.Channel, str, str], Awaitable[Streamed]]
 SPY_OPTIONS = tuple(os.environ.get("BENCH_PY_SPY_OPTIONS", "--nonblocking").split())
 
 
@@ -79,6 +93,7 @@ class Profile:
     duration: float
     rounds: int
     stream_rounds: int
+    floor_bytes: int  # per stream of the router-floor measurement
 
 
 PROFILES = {
@@ -91,6 +106,7 @@ PROFILES = {
         duration=1.0,
         rounds=1,
         stream_rounds=1,
+        floor_bytes=16 * MB,
     ),
     "full": Profile(
         name="full",
@@ -101,6 +117,7 @@ PROFILES = {
         duration=5.0,
         rounds=3,
         stream_rounds=3,
+        floor_bytes=128 * MB,
     ),
 }
 
@@ -351,44 +368,111 @@ def measure_unary(cluster: Cluster, profile: Profile, client_processes: int, rep
             say(f"{label}: " + ", ".join(f"{t} {rate.median(t):,.0f}/s" for t, _, _ in cluster.targets()))
 
 
-async def measure_streams(cluster: Cluster, profile: Profile, report: Report, say: Callable[[str], None]) -> None:
-    """GetBlob of the large blob and a full clone, each target in turn, per round."""
-    wants = sorted(set(cluster.clone.refs.values()))
-    blob_label = f"GetBlob {cluster.clone.blob_size // MB} MB"
-    clone_label = f"clone {cluster.clone.pack_bytes // MB} MB (PostUploadPack v2)"
-    streams: list[tuple[str, Callable[[aio.Channel, str, str], Awaitable[tuple[int, float]]]]] = [
+def stream_calls(cluster: Cluster) -> list[tuple[str, StreamCall]]:
+    """(label, call) of each streaming measurement."""
+    seeded = cluster.clone
+    wants = sorted(set(seeded.refs.values()))
+    return [
         (
-            blob_label,
+            f"GetBlob {seeded.blob_size // MB} MB",
             lambda channel, storage, token: get_blob(
-                channel,
-                get_blob_request(storage, cluster.clone.relative_path, cluster.clone.blob),
-                token,
-                cluster.clone.blob_size,
+                channel, get_blob_request(storage, seeded.relative_path, seeded.blob), token, seeded.blob_size
             ),
         ),
         (
-            clone_label,
+            f"clone {seeded.pack_bytes // MB} MB (PostUploadPack v2)",
             lambda channel, storage, token: upload_pack(
-                channel, upload_pack_request(storage, cluster.clone.relative_path, wants), token
+                channel, upload_pack_request(storage, seeded.relative_path, wants), token
+            ),
+        ),
+        (
+            f"clone {seeded.pack_bytes // MB} MB (SSHUploadPack)",
+            lambda channel, storage, token: ssh_upload_pack(
+                channel, ssh_upload_pack_request(storage, seeded.relative_path, wants), token
             ),
         ),
     ]
-    for label, stream in streams:
+
+
+async def measure_streams(cluster: Cluster, profile: Profile, report: Report, say: Callable[[str], None]) -> None:
+    """Each stream, each target in turn, per round."""
+    for label, stream in stream_calls(cluster):
         rate = report.get(label, "MB/s")
         cpu = report.get(label, "CPU ms/MB", higher_is_better=False)
+        proxy_cpu = report.get(label, "proxy CPU ms/MB", higher_is_better=False)
+        message_size = report.get(label, "KiB/msg")
         for _ in range(profile.stream_rounds):
             for target, address, storage in cluster.targets():
-                servers = [cluster.node.pid]
-                if target != "direct":
-                    servers += cluster.serving_pids(target)
+                proxy = [] if target == "direct" else cluster.serving_pids(target)
                 async with aio.insecure_channel(address, options=client_options()) as channel:
-                    before = sum(cpu_seconds(pid) for pid in servers)
-                    size, seconds = await stream(channel, storage, cluster.token(target))
-                    used = sum(cpu_seconds(pid) for pid in servers) - before
-                rate.add(target, size / MB / seconds)
-                # node + router: what moving one MB costs in all
-                cpu.add(target, used * 1000 / (size / MB))
+                    node_before = cpu_seconds(cluster.node.pid)
+                    proxy_before = sum(cpu_seconds(pid) for pid in proxy)
+                    streamed = await stream(channel, storage, cluster.token(target))
+                    node_used = cpu_seconds(cluster.node.pid) - node_before
+                    proxy_used = sum(cpu_seconds(pid) for pid in proxy) - proxy_before
+                megabytes = streamed.size / MB
+                rate.add(target, megabytes / streamed.seconds)
+                # node + proxy: what moving one MB costs in all (git's own
+                # processes are the same either way and not counted)
+                cpu.add(target, (node_used + proxy_used) * 1000 / megabytes)
+                if proxy:
+                    proxy_cpu.add(target, proxy_used * 1000 / megabytes)
+                message_size.add(target, streamed.size / 1024 / max(streamed.messages, 1))
         say(f"{label}: " + ", ".join(f"{t} {rate.median(t):,.0f} MB/s" for t, _, _ in cluster.targets()))
+
+
+FLOOR_MESSAGE_SIZES = (16 * 1024, 64 * 1024, 128 * 1024, 1024 * 1024)
+
+
+def measure_floor(launcher: Launcher, work: Path, profile: Profile, report: Report, say: Callable[[str], None]) -> None:
+    """What relaying a stream costs a router by itself, per message size.
+
+    A fake node (`_fake_node.py`) streams GetBlob data from memory in
+    messages of a chosen size, direct and through a router of its own: no
+    git, disk or node work, so the router's CPU per MB is its floor for
+    that message size.
+    """
+    fake = launcher.start(
+        "fake node",
+        [str(Path(__file__).with_name("_fake_node.py")), str(profile.floor_bytes), NODE_TOKEN],
+        command=(sys.executable,),
+    )
+    settings = work / "router-floor.toml"
+    settings.write_text(router_settings(fake.address, 1))
+    router = launcher.start("router (floor)", ["serve", "--config", str(settings)])
+    try:
+        targets: tuple[tuple[str, str, str, str, list[int]], ...] = (
+            ("direct", fake.address, NODE, NODE_TOKEN, []),
+            ("router x1", router.address, VIRTUAL_STORAGE, ROUTER_TOKEN, router.pids()),
+        )
+        asyncio.run(_floor_streams(targets, profile, report, say))
+    finally:
+        launcher.stop(router)
+        launcher.stop(fake)
+
+
+async def _floor_streams(
+    targets: Sequence[tuple[str, str, str, str, list[int]]],
+    profile: Profile,
+    report: Report,
+    say: Callable[[str], None],
+) -> None:
+    for size in FLOOR_MESSAGE_SIZES:
+        label = f"fake node GetBlob, {size // 1024} KiB messages"
+        rate = report.get(label, "MB/s")
+        proxy_cpu = report.get(label, "proxy CPU ms/MB", higher_is_better=False)
+        for _ in range(profile.stream_rounds):
+            for target, address, storage, token, proxy in targets:
+                repository = shared_pb2.Repository(storage_name=storage, relative_path="bench/fake.git")
+                request = blob_pb2.GetBlobRequest(repository=repository, oid="0" * 40, limit=size)
+                async with aio.insecure_channel(address, options=client_options()) as channel:
+                    before = sum(cpu_seconds(pid) for pid in proxy)
+                    streamed = await get_blob(channel, request.SerializeToString(), token, profile.floor_bytes)
+                    used = sum(cpu_seconds(pid) for pid in proxy) - before
+                rate.add(target, streamed.size / MB / streamed.seconds)
+                if proxy:
+                    proxy_cpu.add(target, used * 1000 / (streamed.size / MB))
+        say(f"{label}: router x1 {proxy_cpu.median('router x1') or 0:.2f} ms/MB")
 
 
 class PeakRss:
@@ -425,34 +509,53 @@ async def measure_rss(cluster: Cluster, report: Report, say: Callable[[str], Non
         try:
             async with aio.insecure_channel(proxy.process.address, options=client_options()) as channel:
                 request = upload_pack_request(proxy.storage, seeded.relative_path, wants)
-                size, seconds = await upload_pack(channel, request, proxy.token)
+                streamed = await upload_pack(channel, request, proxy.token)
         finally:
             peak.stop()
             await sampler
         baseline = peak.baseline
         growth.add(name, (peak.peak - baseline) / MB)
-        say(f"{name}: RSS {baseline / MB:.0f} MB before, peak {peak.peak / MB:.0f} MB during a {size / MB:.0f} MB clone ({size / MB / seconds:.0f} MB/s)")
+        size = streamed.size / MB
+        say(f"{name}: RSS {baseline / MB:.0f} MB before, peak {peak.peak / MB:.0f} MB during a {size:.0f} MB clone ({size / streamed.seconds:.0f} MB/s)")
 
 
-def profile_router(cluster: Cluster, profile: Profile, client_processes: int, out: Path, say: Callable[[str], None]) -> None:
-    """py-spy samples of router x1 under 32 callers of RepositoryExists (figures disturbed)."""
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path, fmt: str) -> Iterator[None]:
+    """Record py-spy samples of ``pid`` into ``output`` while the block runs."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    name = next(name for name in cluster.proxies if name.startswith("router"))
-    router = cluster.proxies[name].process
-    out.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "250", "--format", fmt, "--output", str(output), *SPY_OPTIONS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield
+    finally:
+        # SIGINT: py-spy stops sampling and writes what it recorded.
+        process.send_signal(signal.SIGINT)
+        try:
+            _, error = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, error = process.communicate()
+    if process.returncode != 0 or not output.exists():
+        raise RuntimeError(f"py-spy failed ({process.returncode}): {error.decode(errors='replace')}")
+
+
+PROFILE_FORMATS = (("raw", "collapsed.txt"), ("flamegraph", "svg"))
+PROFILE_STREAM_SECONDS = 5.0
+
+
+def profile_unary(cluster: Cluster, profile: Profile, client_processes: int, out: Path, say: Callable[[str], None]) -> None:
+    """py-spy samples of router x1 under 32 callers of RepositoryExists (figures disturbed)."""
+    router = first_router(cluster)
     seconds = max(3, round(profile.warmup + profile.duration))
     outputs = []
-    for fmt, suffix in (("raw", "collapsed.txt"), ("flamegraph", "svg")):
+    for fmt, suffix in PROFILE_FORMATS:
         target = out / f"router-unary32.{suffix}"
-        spy_process = subprocess.Popen(
-            [spy, "record", "--pid", str(router.pid), "--duration", str(seconds), "--rate", "250",
-             "--format", fmt, "--output", str(target), *SPY_OPTIONS],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
+        with py_spy(router.pid, target, fmt):
             run_unary(
                 router.address,
                 UNARY_METHODS["RepositoryExists"],
@@ -464,15 +567,33 @@ def profile_router(cluster: Cluster, profile: Profile, client_processes: int, ou
                 warmup=0.2,
                 duration=seconds,
             )
-            _, error = spy_process.communicate(timeout=60)
-        finally:
-            if spy_process.poll() is None:
-                spy_process.kill()
-                spy_process.wait()
-        if spy_process.returncode != 0:
-            raise RuntimeError(f"py-spy failed: {error.decode(errors='replace')}")
         outputs.append(str(target))
     say("profile written: " + ", ".join(outputs))
+
+
+async def profile_streams(cluster: Cluster, profile: Profile, out: Path, say: Callable[[str], None]) -> None:
+    """py-spy samples of router x1 while each stream runs through it again and
+    again, ``stream_rounds`` times and for PROFILE_STREAM_SECONDS at least."""
+    router = first_router(cluster)
+    outputs = []
+    for label, stream in stream_calls(cluster):
+        name = label.split(" ")[0].lower() + ("-ssh" if "SSH" in label else "")
+        for fmt, suffix in PROFILE_FORMATS:
+            target = out / f"router-{name}.{suffix}"
+            with py_spy(router.pid, target, fmt):
+                async with aio.insecure_channel(router.address, options=client_options()) as channel:
+                    started = time.monotonic()
+                    runs = 0
+                    while runs < profile.stream_rounds or time.monotonic() - started < PROFILE_STREAM_SECONDS:
+                        await stream(channel, VIRTUAL_STORAGE, ROUTER_TOKEN)
+                        runs += 1
+            outputs.append(str(target))
+    say("profile written: " + ", ".join(outputs))
+
+
+def first_router(cluster: Cluster) -> Started:
+    name = next(name for name in cluster.proxies if name.startswith("router"))
+    return cluster.proxies[name].process
 
 
 # -- output ------------------------------------------------------------------------------
@@ -493,12 +614,12 @@ def machine_line() -> str:
 
 def table(report: Report, targets: Sequence[str]) -> list[str]:
     proxied = [t for t in targets if t != "direct"]
-    header = f"{'measurement':<42} {'unit':<8} {'direct':>10}"
+    header = f"{'measurement':<42} {'unit':<15} {'direct':>10}"
     for name in proxied:
         header += f" {name:>10} {'ratio':>7}"
     lines = [header, "-" * len(header)]
     for series in report.series:
-        row = f"{series.label:<42} {series.unit:<8} {_figure(series.median('direct')):>10}"
+        row = f"{series.label:<42} {series.unit:<15} {_figure(series.median('direct')):>10}"
         for name in proxied:
             ratio = series.ratio(name)
             row += f" {_figure(series.median(name)):>10} {(f'{ratio:.2f}x' if ratio is not None else '-'):>7}"
@@ -518,7 +639,12 @@ def target_lines(report: Report, targets: Sequence[str]) -> list[str]:
     lines = []
     proxied = [t for t in targets if t.startswith("router")]
     unary = [s for s in report.series if s.unit == "calls/s" and s.label.endswith("32 callers")]
-    streams = [s for s in report.series if s.unit == "MB/s"]
+    # The issue's streaming target names GetBlob and the PostUploadPack clone.
+    streams = [
+        s
+        for s in report.series
+        if s.unit == "MB/s" and (s.label.startswith("GetBlob") or "PostUploadPack" in s.label)
+    ]
     for label, series_list, floor in (
         ("unary throughput at 32 callers", unary, TARGETS["unary throughput at 32 callers"]),
         ("streaming throughput", streams, TARGETS["streaming throughput"]),
@@ -559,7 +685,8 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-PARTS = ("unary", "streams", "rss")
+PARTS = ("unary", "streams", "rss", "floor")
+DEFAULT_PARTS = ("unary", "streams", "rss")
 
 
 def run(
@@ -568,31 +695,24 @@ def run(
     parts: Sequence[str],
     naive: bool,
     profile_dir: Path | None,
+    server_env: Mapping[str, str] | None = None,
 ) -> Report:
     report = Report()
 
     def say(text: str) -> None:
         print(f"  {text}", file=sys.stderr, flush=True)
 
-    env = git_environment()
+    env = {**git_environment(), **(server_env or {})}
     work = Path(tempfile.mkdtemp(prefix="praefect-bench-"))
     launcher = Launcher(env)
     try:
         with launcher.running():
-            started = time.monotonic()
-            cluster = start_cluster(launcher, work, profile, router_processes, naive, say)
-            say(f"started node and routers in {time.monotonic() - started:.1f} s")
-            asyncio.run(check_responses(cluster))
-            if "unary" in parts or profile_dir is not None:
-                client_processes = choose_client_processes(cluster, profile, report, say)
-                if profile_dir is not None:
-                    profile_router(cluster, profile, client_processes, profile_dir, say)
-                if "unary" in parts:
-                    measure_unary(cluster, profile, client_processes, report, say)
-            if "streams" in parts:
-                asyncio.run(measure_streams(cluster, profile, report, say))
-            if "rss" in parts:
-                asyncio.run(measure_rss(cluster, report, say))
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            if set(parts) & {"unary", "streams", "rss"}:
+                run_on_cluster(launcher, work, profile, router_processes, parts, naive, profile_dir, report, say)
+            if "floor" in parts:
+                measure_floor(launcher, work, profile, report, say)
             report.notes.append(
                 f"{profile.rounds} round(s) of {profile.duration:.0f} s after {profile.warmup:.1f} s warm-up per unary "
                 f"figure, {profile.stream_rounds} round(s) per stream; figures are medians, ratios are medians "
@@ -601,6 +721,42 @@ def run(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def run_on_cluster(
+    launcher: Launcher,
+    work: Path,
+    profile: Profile,
+    router_processes: Sequence[int],
+    parts: Sequence[str],
+    naive: bool,
+    profile_dir: Path | None,
+    report: Report,
+    say: Callable[[str], None],
+) -> None:
+    """The parts measured against a real node with seeded repositories."""
+    started = time.monotonic()
+    cluster = start_cluster(launcher, work, profile, router_processes, naive, say)
+    say(f"started node and routers in {time.monotonic() - started:.1f} s")
+    asyncio.run(check_responses(cluster))
+    if "unary" in parts:
+        client_processes = choose_client_processes(cluster, profile, report, say)
+        if profile_dir is not None:
+            profile_unary(cluster, profile, client_processes, profile_dir, say)
+        measure_unary(cluster, profile, client_processes, report, say)
+    if "streams" in parts:
+        if profile_dir is not None:
+            asyncio.run(profile_streams(cluster, profile, profile_dir, say))
+        asyncio.run(measure_streams(cluster, profile, report, say))
+    if "rss" in parts:
+        asyncio.run(measure_rss(cluster, report, say))
+
+
+def _environment_item(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -616,15 +772,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(PARTS),
-        help=f"comma-separated parts to measure, of {', '.join(PARTS)} (default: all)",
+        default=",".join(DEFAULT_PARTS),
+        help=f"comma-separated parts to measure, of {', '.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})",
     )
     parser.add_argument(
         "--naive",
         action="store_true",
         help="also measure a naive bytes proxy (bench/_naive_proxy.py) as a baseline",
     )
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="also record a py-spy profile of the router into DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also record py-spy profiles of the router into DIR, under the unary load and each stream",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        type=_environment_item,
+        metavar="NAME=VALUE",
+        help="extra environment of the node and router processes (not of the clients), "
+        "e.g. MALLOC_TRIM_THRESHOLD_=16777216; repeatable",
+    )
     args = parser.parse_args(argv)
     profile = PROFILES[args.mode or "full"]
     if args.rounds:
@@ -640,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_line(), flush=True)
     try:
         with stop_on_sigterm():
-            report = run(profile, counts, parts, args.naive, args.profile)
+            report = run(profile, counts, parts, args.naive, args.profile, dict(args.server_env))
     except KeyboardInterrupt:
         print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
         return 130

@@ -22,6 +22,12 @@ from praefect.node.errors import InvalidArgument
 
 GIT_BINARY = os.environ.get("PRAEFECT_GIT_BINARY", "git")
 PIPE_CHUNK_SIZE = 64 * 1024
+#: The largest message the node streams git's output in: what Gitaly's
+#: streamio sends (bigger messages cost the router and the client less).
+MESSAGE_SIZE_LIMIT = 128 * 1024
+#: How long `read_messages` may keep output that arrived waiting for more,
+#: when waiting is allowed at all (see there).
+HOLD_SECONDS = 0.002
 
 # Refs and revisions come from callers; anything that git could read as an
 # option or that is not a plausible revision is refused before git runs.
@@ -186,6 +192,136 @@ def kill_process_group(process: asyncio.subprocess.Process) -> None:
 async def read_chunks(stream: asyncio.StreamReader, size: int = PIPE_CHUNK_SIZE) -> AsyncIterator[bytes]:
     while chunk := await stream.read(size):
         yield chunk
+
+
+HoldPolicy = Callable[[bytes], bool]
+
+
+async def read_messages(
+    stream: asyncio.StreamReader,
+    limit: int = MESSAGE_SIZE_LIMIT,
+    *,
+    may_hold: HoldPolicy | None = None,
+    hold: float | None = None,
+) -> AsyncIterator[bytes]:
+    """git's output from `stream` in pieces of at most `limit` bytes, each
+    meant to be sent as one message.
+
+    git writes to its pipes in small pieces (upload-pack: 8 KiB packets),
+    and a message costs the node, the router and the client about as much
+    as its bytes do. A piece is whatever the pipe holds when it is read,
+    plus, only when `may_hold` allows it, whatever arrives within `hold`
+    seconds (default `HOLD_SECONDS`) of its first byte, up to `limit`.
+
+    `may_hold` sees every chunk as it is read and says whether git is sure
+    to write more without waiting for its client (see `OutputHold`).
+    Otherwise nothing that has data waits, so a negotiation (git waiting for
+    the client's next round) never stalls. The end of git's output ends a
+    piece at once.
+    """
+    loop = asyncio.get_running_loop()
+    read = stream.read
+    hold_for = HOLD_SECONDS if hold is None else hold
+    while chunk := await read(limit):
+        # `may_hold` first: it must see every chunk to follow the framing.
+        if may_hold is None or not may_hold(chunk) or len(chunk) >= limit:
+            yield chunk
+            continue
+        parts = [chunk]
+        size = len(chunk)
+        deadline = loop.time() + hold_for
+        while size < limit:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    # Returns whatever is buffered at once, or the next
+                    # data: never more than one wait per arrival.
+                    more = await read(limit - size)
+            except TimeoutError:
+                break  # a timed-out read consumed nothing
+            if not more:
+                break  # end of output: send what we have now
+            parts.append(more)
+            size += len(more)
+            if not may_hold(more):
+                break
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class OutputHold:
+    """Whether `read_messages` may wait for more of git's output.
+
+    Waiting only batches output that git is certain to write without input
+    from its client:
+
+    - once git's stdin is closed (`stdin_closed()`), git cannot be waiting
+      for its client: the stateless smart-HTTP calls, whose client sends the
+      whole request first, and any call whose client half-closed;
+    - while git is inside a side-band packet stream (upload-pack sending a
+      pack, progress, receive-pack's status report): git only reads again
+      after the flush packet that ends it, and a flush ends the wait. Packets
+      outside side-band (the reference advertisement, ACK/NAK of
+      negotiation) never wait, nor does output that is not pkt-line framed.
+
+    It follows the pkt-line framing across chunks; a wrong guess can only
+    delay output by the hold time, never stall a call.
+    """
+
+    __slots__ = ("_band", "_band_unknown", "_framed", "_header", "_remaining", "_stdin_closed")
+
+    def __init__(self, stdin_closed: Callable[[], bool]) -> None:
+        self._stdin_closed = stdin_closed
+        self._framed = True  # False once the output is not pkt-lines
+        self._header = b""  # the start of a packet header split across chunks
+        self._remaining = 0  # payload bytes of the current packet not seen yet
+        self._band = False  # the current (or last) packet is a side-band packet
+        self._band_unknown = False  # its first payload byte is still to come
+
+    def __call__(self, chunk: bytes) -> bool:
+        if self._stdin_closed():
+            return True
+        if not self._framed:
+            return False
+        return self._follow(chunk)
+
+    def _follow(self, chunk: bytes) -> bool:
+        position, end = 0, len(chunk)
+        while position < end:
+            if self._remaining:
+                if self._band_unknown:
+                    # The band is the payload's first byte (1 data, 2 progress, 3 error).
+                    self._band = chunk[position] in _SIDE_BANDS
+                    self._band_unknown = False
+                step = min(self._remaining, end - position)
+                position += step
+                self._remaining -= step
+                continue
+            needed = 4 - len(self._header)
+            header = self._header + chunk[position : position + needed]
+            position += needed
+            if len(header) < 4:
+                self._header = header
+                break
+            self._header = b""
+            if not _is_hex(header):
+                self._framed = False
+                return False
+            length = int(header, 16)
+            self._remaining = max(length - 4, 0)
+            # flush, delim and response-end packets (length < 4) end a
+            # section, after which git may read; so may an empty packet.
+            self._band = False
+            self._band_unknown = self._remaining > 0
+        # Inside a packet, the rest is already on its way (git writes a
+        # packet in one write).
+        return bool(self._header) or self._remaining > 0 or self._band
+
+
+_SIDE_BANDS = frozenset((1, 2, 3))
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _is_hex(header: bytes) -> bool:
+    return all(byte in _HEX_DIGITS for byte in header)
 
 
 def validate_revision(revision: str | bytes, *, what: str = "revision") -> str:

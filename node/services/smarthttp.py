@@ -2,7 +2,11 @@
 
 Each call runs ``git upload-pack`` or ``git receive-pack`` in stateless-RPC
 mode, as git-http-backend does, and pipes bytes between git and the gRPC
-stream in chunks of at most 64 KiB; nothing holds a whole pack in memory.
+stream; nothing holds a whole pack in memory. git's output goes out in
+messages of up to 128 KiB (`read_messages`, `OutputHold`): git cannot be
+waiting for its client once the client has sent its whole request (git's
+stdin is closed), nor while it sends side-band packets, so output that
+arrives within a few milliseconds is then batched into one message.
 
 The handlers are coroutines that send with ``context.write`` rather than
 async generators. grpc.aio cancels the handler's task when the client
@@ -25,7 +29,14 @@ from grpc import aio
 from praefect.node import pktline
 from praefect.node.context import NodeContext
 from praefect.node.errors import InvalidArgument
-from praefect.node.git import GitCommandError, GitResult, read_chunks, spawn_git
+from praefect.node.git import (
+    GitCommandError,
+    GitResult,
+    OutputHold,
+    read_chunks,
+    read_messages,
+    spawn_git,
+)
 from praefect.node.repository_args import locate_repository
 from praefect.node.services.base import NodeServicer
 from praefect.node.services.base import rpc as _rpc
@@ -201,7 +212,8 @@ class SmartHTTPService(NodeServicer, smarthttp_pb2_grpc.SmartHTTPServiceServicer
                     await context.write(
                         smarthttp_pb2.InfoRefsResponse(data=pktline.service_announcement(service))
                     )
-                async for chunk in read_chunks(process.stdout):
+                # git's stdin is /dev/null: it never waits for the client.
+                async for chunk in read_messages(process.stdout, may_hold=_always):
                     await context.write(smarthttp_pb2.InfoRefsResponse(data=chunk))
                 returncode = await process.wait()
                 _check_exit(service, returncode, await stderr.text())
@@ -225,8 +237,9 @@ class SmartHTTPService(NodeServicer, smarthttp_pb2_grpc.SmartHTTPServiceServicer
             assert process.stdin is not None and process.stdout is not None
             stderr = StderrTail(process.stderr)
             feeder = asyncio.create_task(_feed_stdin(process.stdin, first_data, requests))
+            hold = OutputHold(process.stdin.is_closing)
             try:
-                async for chunk in read_chunks(process.stdout):
+                async for chunk in read_messages(process.stdout, may_hold=hold):
                     await context.write(response_type(data=chunk))
                 returncode = await process.wait()
                 # Errors reading the client's stream surface here; git has
@@ -237,6 +250,10 @@ class SmartHTTPService(NodeServicer, smarthttp_pb2_grpc.SmartHTTPServiceServicer
             finally:
                 await _stop(feeder)
                 await stderr.cancel()
+
+
+def _always(chunk: bytes) -> bool:
+    return True
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

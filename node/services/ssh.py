@@ -3,8 +3,12 @@
 The first request names the repository (plus the optional `git_protocol`
 and `git_config_options`); the stdin of every request is written to git,
 git's stdout and stderr come back as they are produced, and the last
-response carries git's exit status. Nothing is buffered beyond a few 64 KiB
-chunks, so a clone of any size streams. git runs inside `spawn_git`, so a
+response carries git's exit status. Nothing is buffered beyond a few
+messages, so a clone of any size streams. stdout goes out in messages of up
+to 128 KiB: while git sends a pack (side-band packets) or once its stdin is
+closed, output arriving within a few milliseconds is batched
+(`read_messages`, `OutputHold`); the advertisement and negotiation go out
+as soon as git writes them. git runs inside `spawn_git`, so a
 cancelled call or a passed deadline kills it (and its pack-objects).
 Concurrent pushes rely on git's ref locks: each either applies or fails
 with git's own message and a non-zero exit status.
@@ -21,7 +25,7 @@ from grpc import aio
 
 from praefect.node.context import NodeContext
 from praefect.node.errors import InvalidArgument
-from praefect.node.git import read_chunks, spawn_git
+from praefect.node.git import HoldPolicy, OutputHold, read_chunks, read_messages, spawn_git
 from praefect.node.repository_args import locate_repository
 from praefect.node.services.base import NodeServicer
 from praefect.node.services.base import rpc as _rpc
@@ -57,14 +61,20 @@ async def _feed_stdin(
         pass  # git stopped reading (it has finished): the rest is not needed
 
 
-async def _pump(stream: asyncio.StreamReader, field: str, queue: asyncio.Queue[tuple[str, bytes] | None]) -> None:
+async def _pump(
+    stream: asyncio.StreamReader,
+    field: str,
+    queue: asyncio.Queue[tuple[str, bytes] | None],
+    may_hold: HoldPolicy | None = None,
+) -> None:
     """Forward one of git's output streams; None marks its end.
 
     Not in a `finally`: a cancelled pump must not block on a full queue
     that nobody reads any more.
     """
+    chunks = read_messages(stream, may_hold=may_hold) if may_hold is not None else read_chunks(stream)
     try:
-        async for chunk in read_chunks(stream):
+        async for chunk in chunks:
             await queue.put((field, chunk))
     except (OSError, ValueError):
         pass  # a broken pipe ends the stream; git's exit status says the rest
@@ -91,7 +101,7 @@ async def serve_pack(
         queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(_QUEUE_DEPTH)
         tasks = [
             asyncio.create_task(_feed_stdin(process.stdin, first.stdin, requests)),
-            asyncio.create_task(_pump(process.stdout, "stdout", queue)),
+            asyncio.create_task(_pump(process.stdout, "stdout", queue, OutputHold(process.stdin.is_closing))),
             asyncio.create_task(_pump(process.stderr, "stderr", queue)),
         ]
         try:

@@ -5,7 +5,7 @@ killed when a call is cancelled or runs out of time."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from grpc import aio
 
 from praefect.node import pktline
+from praefect.node.git import MESSAGE_SIZE_LIMIT
 from praefect.node.server import NodeServer
 from praefect.protos.gitaly import shared_pb2, smarthttp_pb2, smarthttp_pb2_grpc
 from tests.node.conftest import NODE_TOKEN, STORAGE
@@ -109,7 +110,7 @@ async def test_receive_pack_advertisement_keeps_the_announcement_even_when_v2_is
         assert packets[2] is not None and b"report-status" in packets[2]
 
 
-async def test_advertisement_streams_in_chunks_of_at_most_64_kib(
+async def test_advertisement_streams_in_messages_of_at_most_128_kib(
     stub: smarthttp_pb2_grpc.SmartHTTPServiceStub, bare: Path
 ) -> None:
     # Written as a packed-refs file: thousands of loose ref files are slow to create.
@@ -122,8 +123,9 @@ async def test_advertisement_streams_in_chunks_of_at_most_64_kib(
 
     chunks = await info_refs(stub, "upload-pack")
 
+    # the announcement, then ~190 KiB of advertisement in two messages
     assert len(chunks) > 2
-    assert max(len(chunk) for chunk in chunks) <= 64 * 1024
+    assert max(len(chunk) for chunk in chunks) <= MESSAGE_SIZE_LIMIT
     advertised = [p for p in pktline.decode(b"".join(chunks)) if p and b"refs/heads/branch-" in p]
     assert len(advertised) == 3000
 
@@ -142,7 +144,7 @@ async def test_git_config_options_reach_git(
     assert b"refs/heads/secret" not in hidden
 
 
-async def test_post_upload_pack_streams_the_pack_in_chunks_of_at_most_64_kib(
+async def test_post_upload_pack_streams_the_pack_in_messages_of_at_most_128_kib(
     stub: smarthttp_pb2_grpc.SmartHTTPServiceStub, work: Path, storage: Path
 ) -> None:
     (work / "blob.bin").write_bytes(os.urandom(1024 * 1024))
@@ -156,7 +158,7 @@ async def test_post_upload_pack_streams_the_pack_in_chunks_of_at_most_64_kib(
 
     chunks = [r.data async for r in stub.PostUploadPack(requests(), metadata=auth(NODE_TOKEN), timeout=30)]
 
-    assert max(len(chunk) for chunk in chunks) <= 64 * 1024
+    assert max(len(chunk) for chunk in chunks) <= MESSAGE_SIZE_LIMIT
     body = b"".join(chunks)
     assert body.startswith(pktline.encode("NAK\n"))
     assert sum(len(chunk) for chunk in chunks) > 1024 * 1024  # the whole pack came
@@ -352,7 +354,7 @@ async def call_rpc(
     channel: aio.Channel,
     method: str,
     repo: shared_pb2.Repository | None,
-    metadata: tuple[tuple[str, str], ...] = (),
+    metadata: Sequence[tuple[str, str]] = (),
     **fields: Any,
 ) -> list[bytes]:
     stub = smarthttp_pb2_grpc.SmartHTTPServiceStub(channel)

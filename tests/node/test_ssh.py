@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from praefect.node.git import MESSAGE_SIZE_LIMIT
 from praefect.node.server import NodeServer
 from praefect.protos.gitaly import ssh_pb2, ssh_pb2_grpc
 from tests.node.conftest import NODE_TOKEN
@@ -19,7 +20,6 @@ from tests.support.bridge import NodeRemote, clone, push
 from tests.support.gitenv import git, make_work_repo
 from tests.support.repository_calls import create, expect_error, node_auth, repo, repository_stub
 
-CHUNK = 64 * 1024
 FLUSH = b"0000"
 
 
@@ -90,8 +90,8 @@ async def test_a_fetch_streams_the_pack_in_bounded_chunks(channel: aio.Channel, 
     responses = await upload_pack(channel, [pkt(f"want {want}\n") + FLUSH + pkt("done\n")])
 
     chunks = [r.stdout for r in responses if r.stdout]
-    assert max(len(c) for c in chunks) <= CHUNK
-    assert len(chunks) > 2 * 1024 * 1024 // CHUNK
+    assert max(len(c) for c in chunks) <= MESSAGE_SIZE_LIMIT
+    assert len(chunks) >= 2 * 1024 * 1024 // MESSAGE_SIZE_LIMIT
     assert responses[-1].exit_status.value == 0
     # After the advertisement and NAK comes the whole pack: git can index it.
     pack = stdout_of(responses).split(b"0008NAK\n", 1)[1]
