@@ -17,6 +17,9 @@ measures, direct to the node and through each router:
   ref, as `git clone` sends) and through SSHUploadPack (the client's side
   open until git's exit status, as over ssh);
 - the router's RSS growth while a large clone streams through it;
+- the cost of tracing: the router with tracing off, recording, writing
+  to the console and exporting over OTLP, in front of the same node
+  (`tracing_overhead.py`, run as part ``tracing``);
 - with ``--only ...,floor``: the router's own floor, its CPU per MB relaying
   GetBlob from a fake node that streams from memory (`_fake_node.py`) in
   messages of 16 KiB to 1 MiB.
@@ -685,8 +688,26 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-PARTS = ("unary", "streams", "rss", "floor")
-DEFAULT_PARTS = ("unary", "streams", "rss")
+PARTS = ("unary", "streams", "rss", "tracing", "floor")
+DEFAULT_PARTS = ("unary", "streams", "rss", "tracing")
+
+
+def measure_tracing(profile: Profile) -> list[str]:
+    """The router with tracing off and on, in front of the same node: bench/tracing_overhead.py.
+
+    Run as a child process after the other parts (it starts its own node and
+    routers, one per tracing set-up); its table is returned as printed.
+    """
+    script = Path(__file__).with_name("tracing_overhead.py")
+    args = [sys.executable, str(script)]
+    args += ["--short"] if profile.name == "short" else ["--rounds", str(profile.rounds)]
+    result = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script.name} failed with exit status {result.returncode}")
+    lines = result.stdout.splitlines()
+    # From the table's header on: its progress lines went to stderr already.
+    start = next((i for i, line in enumerate(lines) if line.startswith("call ")), 0)
+    return lines[start:]
 
 
 def run(
@@ -822,6 +843,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {note}")
     for line in target_lines(report, targets):
         print(line)
+    if "tracing" in parts:
+        print("tracing on against off (bench/tracing_overhead.py; 'vs off': traced / untraced router)", flush=True)
+        try:
+            for line in measure_tracing(profile):
+                print(line)
+        except KeyboardInterrupt:
+            print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.bench import run_short_benchmark
 
-RUN_SECONDS = 120
+RUN_SECONDS = 240
 RATIO = r"\d+\.\d\dx"
 
 
@@ -36,3 +36,8 @@ def test_short_benchmark_completes_and_prints_ratios() -> None:
         assert re.search(rf"^{row} .*{RATIO} .*{RATIO}$", out, re.MULTILINE), f"no ratio line for {row!r}:\n{out}"
     assert re.search(r"^RSS growth, \d+ MB clone +MB ", out, re.MULTILINE), out
     assert len(re.findall(r"^target .* -> (met|NOT met)$", out, re.MULTILINE)) == 6, out
+    # ... and the cost of tracing, each set-up against the untraced router
+    assert "tracing on against off" in out, out
+    for setup in ("off", "recorded", "console", "otlp"):
+        row = rf"^RepositoryExists +16 +{setup} +\d+ +[\d.]+ +[\d.]+ +\d+\.\d\d +\d+ +\d+\.\d\d$"
+        assert re.search(row, out, re.MULTILINE), f"no tracing row for {setup!r}:\n{out}"
