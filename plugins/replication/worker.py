@@ -38,8 +38,8 @@ Each replay is a ``replicate <change>`` consumer span
 to the write's published trace context. Its call to the target is a client
 span (:func:`praefect.core.telemetry.node_call_span`) whose context the
 call carries, so the target node's spans continue the replay's trace. With
-:class:`~praefect.core.telemetry.ReplicationMetrics` (``metrics=``, or
-:meth:`WorkerPool.use_metrics`) every replay records its delay and
+:class:`~praefect.core.telemetry.ReplicationMetrics` (``metrics=``) every
+replay records its delay and
 duration, and every event given up on counts as dead-lettered.
 """
 
@@ -732,11 +732,6 @@ class WorkerPool:
             )
             for node in nodes.endpoints()
         ]
-
-    def use_metrics(self, metrics: ReplicationMetrics | None) -> None:
-        """Record every worker's replays in ``metrics`` from now on (None: stop)."""
-        for worker in self.workers:
-            worker.metrics = metrics
 
     async def start(self) -> None:
         for worker in self.workers:
