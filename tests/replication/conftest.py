@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
+from praefect.plugins.replication.nodes import NodeClients
 from praefect.plugins.replication.state import RepositoryStore
-from tests.support.replication_cluster import short_tmp_dir
+from tests.support.replication_cluster import ReplicaNode, short_tmp_dir, start_nodes
 
 
 @pytest.fixture
@@ -36,3 +38,29 @@ async def client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def store(client: aioredis.Redis) -> RepositoryStore:
     return RepositoryStore(client)
+
+
+@pytest.fixture
+def node_names() -> list[str]:
+    """The nodes of ``nodes``; a module overrides it to start others."""
+    return ["gitaly-1", "gitaly-2", "gitaly-3"]
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, node_names: list[str]) -> AsyncIterator[dict[str, ReplicaNode]]:
+    """Real node processes, one storage each, stopped by pid afterwards."""
+    started = {node.name: node for node in await start_nodes(tmp_path / "nodes", node_names)}
+    try:
+        yield started
+    finally:
+        for node in started.values():
+            await asyncio.to_thread(node.stop)
+
+
+@pytest.fixture
+async def node_clients(nodes: dict[str, ReplicaNode]) -> AsyncIterator[NodeClients]:
+    clients = NodeClients(node.endpoint() for node in nodes.values())
+    try:
+        yield clients
+    finally:
+        await clients.close()

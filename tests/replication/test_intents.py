@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from tests.support.replication_cluster import (
     eventually,
     make_bare_repo,
     refs_of,
-    start_nodes,
 )
 
 NAMES = ["gitaly-1", "gitaly-2"]
@@ -33,22 +31,8 @@ KEYS = VirtualStorageKeys(VS)
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, ReplicaNode]]:
-    started = await start_nodes(tmp_path / "nodes", NAMES)
-    try:
-        yield {node.name: node for node in started}
-    finally:
-        for node in started:
-            node.stop()
-
-
-@pytest.fixture
-async def node_clients(nodes: dict[str, ReplicaNode]) -> AsyncIterator[NodeClients]:
-    clients = NodeClients(node.endpoint() for node in nodes.values())
-    try:
-        yield clients
-    finally:
-        await clients.close()
+def node_names() -> list[str]:
+    return NAMES
 
 
 def _resolver(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,7 +20,6 @@ from tests.support.replication_cluster import (
     eventually,
     make_bare_repo,
     refs_of,
-    start_nodes,
 )
 
 NAMES = ["gitaly-1", "gitaly-2"]
@@ -31,22 +28,8 @@ PATH = "moved.git"
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, ReplicaNode]]:
-    started = await start_nodes(tmp_path / "nodes", NAMES)
-    try:
-        yield {node.name: node for node in started}
-    finally:
-        for node in started:
-            node.stop()
-
-
-@pytest.fixture
-async def node_clients(nodes: dict[str, ReplicaNode]) -> AsyncIterator[NodeClients]:
-    clients = NodeClients(node.endpoint() for node in nodes.values())
-    try:
-        yield clients
-    finally:
-        await clients.close()
+def node_names() -> list[str]:
+    return NAMES
 
 
 def _resolver(store: RepositoryStore, client: aioredis.Redis, clients: NodeClients) -> IntentResolver:

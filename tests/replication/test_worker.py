@@ -33,7 +33,6 @@ from tests.support.replication_cluster import (
     eventually,
     make_bare_repo,
     refs_of,
-    start_nodes,
     stream_entries,
     unreachable_node,
 )
@@ -53,22 +52,8 @@ FAST = WorkerSettings(
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, ReplicaNode]]:
-    started = await start_nodes(tmp_path / "nodes", NAMES)
-    try:
-        yield {node.name: node for node in started}
-    finally:
-        for node in started:
-            node.stop()
-
-
-@pytest.fixture
-async def node_clients(nodes: dict[str, ReplicaNode]) -> AsyncIterator[NodeClients]:
-    clients = NodeClients(node.endpoint() for node in nodes.values())
-    try:
-        yield clients
-    finally:
-        await clients.close()
+def node_names() -> list[str]:
+    return NAMES
 
 
 @pytest.fixture

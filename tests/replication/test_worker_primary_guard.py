@@ -36,7 +36,6 @@ from tests.support.replication_cluster import (
     eventually,
     make_bare_repo,
     refs_of,
-    start_nodes,
 )
 from tests.support.telemetry import Spans, in_memory_tracing
 
@@ -101,13 +100,8 @@ class HookedNodeClients(NodeClients):
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, ReplicaNode]]:
-    started = {node.name: node for node in await start_nodes(tmp_path / "nodes", NAMES)}
-    try:
-        yield started
-    finally:
-        for node in started.values():
-            await asyncio.to_thread(node.stop)
+def node_names() -> list[str]:
+    return NAMES
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from tests.support.replication_cluster import (
     eventually,
     make_bare_repo,
     refs_of,
-    start_nodes,
     unreachable_node,
 )
 from tests.support.router import router_settings_mapping
@@ -49,13 +47,8 @@ SETTINGS = WorkerSettings(
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path) -> AsyncIterator[dict[str, ReplicaNode]]:
-    started = {node.name: node for node in await start_nodes(tmp_path / "nodes", NAMES)}
-    try:
-        yield started
-    finally:
-        for node in started.values():
-            await asyncio.to_thread(node.stop)
+def node_names() -> list[str]:
+    return NAMES
 
 
 async def _worker(
