@@ -9,7 +9,6 @@ follow it within milliseconds.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,17 +16,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from redis.exceptions import RedisError
+import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
 
 from praefect.core.cli import main as _main
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
+from praefect.core.cli.redis_access import FAILURE, fail, run_on_redis
 from praefect.plugins.failover.election import Elector
 from praefect.plugins.failover.votes import HealthVotes, NodeView
-from praefect.plugins.replication.embedded_redis import connect
-from praefect.plugins.replication.runtime import redis_url_for
 from praefect.plugins.replication.state import PrimaryMoved, RepositoryMetadata, RepositoryStore
 from praefect.settings import Config
 
@@ -38,9 +36,6 @@ T = TypeVar("T")
 main: click.Group = _main
 config_option: Callable[[Callable[..., None]], Callable[..., None]] = _config_option
 
-#: exit status when Redis cannot be used or (part of) the request was refused
-FAILURE = 1
-
 
 @dataclass(frozen=True, slots=True)
 class _Redis:
@@ -49,52 +44,32 @@ class _Redis:
     elector: Elector
 
 
-def _fail(message: str) -> None:
-    click.echo(f"praefect: {message}", err=True)
-    raise SystemExit(FAILURE)
-
-
 def _run(settings: Config, work: Callable[[_Redis], Awaitable[T]]) -> T:
     """Run ``work`` on the settings' Redis; Redis trouble exits with a message."""
 
-    async def runner() -> T:
-        client = connect(redis_url_for(settings))
-        try:
-            await client.ping()
-            store = RepositoryStore(client)
-            votes = HealthVotes(client, window=settings.failover.vote_window)
-            return await work(_Redis(store, votes, Elector(store, votes.scripts)))
-        finally:
-            await client.aclose()
+    async def with_state(client: aioredis.Redis) -> T:
+        store = RepositoryStore(client)
+        votes = HealthVotes(client, window=settings.failover.vote_window)
+        return await work(_Redis(store, votes, Elector(store, votes.scripts)))
 
-    try:
-        return asyncio.run(runner())
-    except (RedisError, OSError) as error:
-        hint = (
-            "check redis.url"
-            if settings.redis.url
-            else "redis.url is empty: start the router that owns the embedded Redis in "
-            "redis.data_dir, or set redis.url"
-        )
-        _fail(f"cannot use Redis ({error}): {hint}")
-        raise  # unreachable
+    return run_on_redis(settings, with_state)
 
 
 def _virtual_storage(settings: Config, chosen: str | None) -> str:
     names: tuple[str, ...] = tuple(settings.virtual_storage_names)
     if chosen is not None:
         if chosen not in names:
-            _fail(f"unknown virtual storage {chosen!r}: the settings have {', '.join(names)}")
+            fail(f"unknown virtual storage {chosen!r}: the settings have {', '.join(names)}")
         return chosen
     if len(names) != 1:
-        _fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
+        fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
     return names[0]
 
 
 def _node(settings: Config, vs: str, name: str) -> str:
     nodes: tuple[str, ...] = settings.virtual_storage(vs).node_names
     if name not in nodes:
-        _fail(f"node {name!r} is not in virtual storage {vs!r} (it has {', '.join(nodes)})")
+        fail(f"node {name!r} is not in virtual storage {vs!r} (it has {', '.join(nodes)})")
     return name
 
 
@@ -158,14 +133,14 @@ def failover_command(
         view = await redis.votes.view(vs)
         state = view.get(target)
         if state is not None and not state.healthy:
-            _fail(
+            fail(
                 f"{target} is down in the routers' health view (since {_when(state)}): "
                 "choose a healthy node, or wait until it is back"
             )
         if relative_path is not None:
             repositories = [await redis.store.get(vs, relative_path)]
             if repositories[0] is None:
-                _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+                fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         else:
             repositories = list(await redis.store.list_repositories(vs))
         return [
@@ -276,16 +251,16 @@ def accept_dataloss_command(
     async def accept(redis: _Redis) -> list[str]:
         repo = await redis.store.get(vs, relative_path)
         if repo is None:
-            _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+            fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         assert repo is not None
         if authoritative not in repo.assigned:
-            _fail(
+            fail(
                 f"{authoritative} holds no replica of {relative_path!r} (assigned: "
                 f"{', '.join(repo.assigned)})"
             )
         have = repo.replica_generation(authoritative)
         if have < 0:
-            _fail(f"{authoritative} has no replica of {relative_path!r}: choose a node that has one")
+            fail(f"{authoritative} has no replica of {relative_path!r}: choose a node that has one")
         record = await redis.store.set_authoritative(vs, relative_path, authoritative)
         for _ in range(5):
             current = await redis.store.require(vs, relative_path)
@@ -333,7 +308,7 @@ def metadata_command(
     async def read(redis: _Redis) -> tuple[RepositoryMetadata, int | None, dict[str, NodeView]]:
         repo = await redis.store.get(vs, relative_path)
         if repo is None:
-            _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
+            fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         assert repo is not None
         acked = await redis.store.client.hget(redis.store.keys(vs).repository(relative_path), "acked")
         return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs)

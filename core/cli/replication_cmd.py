@@ -27,14 +27,13 @@ from praefect.core.cli import main as _main
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.process_telemetry import process_telemetry
+from praefect.core.cli.redis_access import fail, run_on_redis
 from praefect.core.mutation import ChangeType
-from praefect.plugins.replication.embedded_redis import connect
 from praefect.plugins.replication.nodes import NodeClients
 from praefect.plugins.replication.runtime import (
     ReplicationRuntime,
     RuntimeOptions,
     endpoints_from_settings,
-    redis_url_for,
 )
 from praefect.plugins.replication.state import (
     RepositoryAlreadyTracked,
@@ -51,38 +50,10 @@ T = TypeVar("T")
 main: click.Group = _main
 config_option: Callable[[Callable[..., None]], Callable[..., None]] = _config_option
 
-#: exit status when Redis or a node cannot be used, or the request cannot be done
-FAILURE = 1
-
-
-def _fail(message: str) -> None:
-    click.echo(f"praefect: {message}", err=True)
-    raise SystemExit(FAILURE)
-
 
 def _run(settings: Config, work: Callable[[RepositoryStore], Awaitable[T]]) -> T:
     """Run ``work`` with a store on the settings' Redis; Redis trouble exits with a message."""
-
-    async def runner() -> T:
-        url = redis_url_for(settings)
-        client = connect(url)
-        try:
-            await client.ping()
-            return await work(RepositoryStore(client))
-        finally:
-            await client.aclose()
-
-    try:
-        return asyncio.run(runner())
-    except (RedisError, OSError) as error:
-        hint = (
-            "check redis.url"
-            if settings.redis.url
-            else "redis.url is empty: start the router that owns the embedded Redis in "
-            "redis.data_dir, or set redis.url"
-        )
-        _fail(f"cannot use Redis ({error}): {hint}")
-        raise  # unreachable
+    return run_on_redis(settings, lambda client: work(RepositoryStore(client)))
 
 
 def _virtual_storages(settings: Config, chosen: str | None) -> tuple[str, ...]:
@@ -90,14 +61,14 @@ def _virtual_storages(settings: Config, chosen: str | None) -> tuple[str, ...]:
         return tuple(settings.virtual_storage_names)
     if chosen not in settings.virtual_storage_names:
         known = ", ".join(settings.virtual_storage_names)
-        _fail(f"unknown virtual storage {chosen!r}: the settings have {known}")
+        fail(f"unknown virtual storage {chosen!r}: the settings have {known}")
     return (chosen,)
 
 
 def _one_virtual_storage(settings: Config, chosen: str | None) -> str:
     names = _virtual_storages(settings, chosen)
     if len(names) != 1:
-        _fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
+        fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
     return names[0]
 
 
@@ -246,21 +217,21 @@ def track_repository_command(
     vs_config = settings.virtual_storage(vs)
     primary = authoritative or vs_config.primary.name
     if primary not in vs_config.node_names:
-        _fail(f"node {primary!r} is not in virtual storage {vs!r} (it has {', '.join(vs_config.node_names)})")
+        fail(f"node {primary!r} is not in virtual storage {vs!r} (it has {', '.join(vs_config.node_names)})")
 
     async def track(store: RepositoryStore) -> tuple[str, ...]:
         tracked = await store.get(vs, relative_path)
         if tracked is not None:
-            _fail(str(RepositoryAlreadyTracked(tracked)))
+            fail(str(RepositoryAlreadyTracked(tracked)))
         nodes = NodeClients(endpoints_from_settings(settings))
         try:
             exists = await nodes.exists(vs, relative_path, node=primary, deadline=30)
         except aio.AioRpcError as error:
-            _fail(f"cannot ask {primary} whether {relative_path!r} exists: {error.code().name}: {error.details()}")
+            fail(f"cannot ask {primary} whether {relative_path!r} exists: {error.code().name}: {error.details()}")
         finally:
             await nodes.close()
         if not exists:
-            _fail(
+            fail(
                 f"repository {relative_path!r} does not exist on {primary}: create it there first, "
                 "or name the node that has it with --authoritative-storage"
             )
@@ -269,7 +240,7 @@ def track_repository_command(
                 vs, relative_path, primary=primary, assigned=vs_config.node_names
             )
         except RepositoryAlreadyTracked as error:
-            _fail(str(error))
+            fail(str(error))
         return tuple(record.targets)
 
     targets = _run(settings, track)
@@ -297,7 +268,7 @@ def remove_repository_command(
     async def remove(store: RepositoryStore) -> list[str]:
         metadata = await store.get(vs, relative_path)
         if metadata is None:
-            _fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}: nothing to do")
+            fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}: nothing to do")
         assert metadata is not None
         if not apply:
             return [
@@ -364,5 +335,5 @@ def replicate_command(config: Path | None, secrets: Path | None, worker_id: str 
         try:
             asyncio.run(serve())
         except (RedisError, OSError, RuntimeError) as error:
-            _fail(str(error))
+            fail(str(error))
     sys.exit(0)
