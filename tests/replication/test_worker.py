@@ -247,7 +247,9 @@ async def test_events_a_live_worker_holds_are_not_claimed_by_others(
                                  not_before=time.time() + 30)
         fields: dict[Any, Any] = event.encode()
         await client.xadd(KEYS.events("gitaly-2"), fields)
-        settings = WorkerSettings(block=0.1, claim_idle=0.4, trim_interval=0.1)
+        # claim_idle leaves a busy machine's event loops a second of slack:
+        # the holder refreshes its hold well within it.
+        settings = WorkerSettings(block=0.1, claim_idle=1.5, trim_interval=0.1)
         holder = await run_worker(clients, "gitaly-2", consumer="holder", settings=settings)
 
         async def held() -> bool:
@@ -256,12 +258,12 @@ async def test_events_a_live_worker_holds_are_not_claimed_by_others(
         await eventually(held, what="the holder to read the event")
         thief = await run_worker(clients, "gitaly-2", consumer="thief", settings=settings)
         # Several claim rounds of the other worker pass (claim_idle / 2 each).
-        deadline = time.monotonic() + 1.5
+        deadline = time.monotonic() + 3.5
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             pending: Any = await client.xpending_range(KEYS.events("gitaly-2"), "gitaly-2", "-", "+", 10)
             assert [p["consumer"] for p in pending] == ["holder"]
-            assert pending[0]["time_since_delivered"] < 400
+            assert pending[0]["time_since_delivered"] < 1500
         assert thief.stats.claimed == 0
     finally:
         await clients.close()
