@@ -50,6 +50,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from _machine import cpu_model
 from _processes import Launcher, Started, rss_bytes
 from _seed import Seeded, git_environment, seed_repository
 from _streams import (
@@ -603,12 +604,7 @@ def first_router(cluster: Cluster) -> Started:
 
 
 def machine_line() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return (
         f"machine: {os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
         f"grpcio {grpc.__version__}, load average {os.getloadavg()[0]:.2f} at the start"

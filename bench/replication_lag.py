@@ -62,6 +62,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _machine import cpu_model
 from _processes import Launcher, Started
 from grpc import aio
 
@@ -571,12 +572,7 @@ def git_version() -> str:
 
 
 def machine_line() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return (
         f"machine: {os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, git {git_version()}, "

@@ -96,15 +96,20 @@ async def _created_at(client: aioredis.Redis, stream: str, stream_id: str) -> fl
     return _stream_id_time(stream_id)
 
 
-async def queue_status(client: aioredis.Redis, virtual_storage: str, target: str) -> QueueStatus:
-    keys = VirtualStorageKeys(virtual_storage)
-    stream, group = keys.events(target), group_name(target)
-    dead = int(await client.xlen(keys.dead_letters(target)))
+async def _group_info(client: aioredis.Redis, stream: str, group: str) -> Any:
+    """XINFO GROUPS' entry of ``group``; None when no worker ever read the stream."""
     try:
         groups: Any = await client.xinfo_groups(stream)
     except ResponseError:  # no such stream: nothing was ever queued
-        groups = []
-    info = next((g for g in groups if g["name"] == group), None)
+        return None
+    return next((g for g in groups if g["name"] == group), None)
+
+
+async def queue_status(client: aioredis.Redis, virtual_storage: str, target: str) -> QueueStatus:
+    keys = VirtualStorageKeys(virtual_storage)
+    stream = keys.events(target)
+    dead = int(await client.xlen(keys.dead_letters(target)))
+    info = await _group_info(client, stream, group_name(target))
     if info is None:
         # No worker ever read this stream: everything in it is undelivered.
         first: Any = await client.xrange(stream, count=1)
@@ -114,7 +119,7 @@ async def queue_status(client: aioredis.Redis, virtual_storage: str, target: str
     in_progress = int(info["pending"])
     oldest_times: list[float] = []
     if in_progress:
-        summary: Any = await client.xpending(stream, group)
+        summary: Any = await client.xpending(stream, group_name(target))
         # Acknowledged between XINFO and XPENDING: nothing pending any more.
         if summary["min"] is not None:
             oldest_times.append(await _created_at(client, stream, summary["min"]))
@@ -159,13 +164,9 @@ async def queue_depth(client: aioredis.Redis, virtual_storage: str, target: str)
     with one XRANGE from the group's last delivered id.
     """
     keys = VirtualStorageKeys(virtual_storage)
-    stream, group = keys.events(target), group_name(target)
+    stream = keys.events(target)
     dead = int(await client.xlen(keys.dead_letters(target)))
-    try:
-        groups: Any = await client.xinfo_groups(stream)
-    except ResponseError:  # no such stream: nothing was ever queued
-        groups = []
-    info = next((g for g in groups if g["name"] == group), None)
+    info = await _group_info(client, stream, group_name(target))
     if info is None:
         # No worker ever read this stream: everything in it is undelivered.
         return QueueDepth(virtual_storage, target, int(await client.xlen(stream)), dead)
