@@ -55,6 +55,20 @@ async def _rounds(*servers: RouterServer, count: int = 3) -> None:
         await asyncio.gather(*(runtime_of(s).checker.wait_for_rounds(count) for s in servers))
 
 
+async def _voted_on_every_node(*servers: RouterServer) -> None:
+    """Until every router has checked every node and published a vote on each.
+
+    A router votes only on the nodes it has checked: until then another
+    router's verdict on a node would be the only opinion and decide alone.
+    """
+    await eventually(
+        lambda: all(len(runtime_of(s).checker.local_view) == 3 for s in servers),
+        what="every router to check every node once",
+    )
+    # a round already running may have read the checks before the last one ended
+    await _rounds(*servers, count=2)
+
+
 async def test_a_node_whose_disk_cannot_be_written_is_taken_out_and_back(cluster: FailoverCluster) -> None:
     recorder = HealthRecorder()
     async with cluster.router(("recorder", recorder)) as router:
@@ -82,7 +96,7 @@ async def test_a_killed_node_is_down_for_every_router_and_announced_once(cluster
         cluster.router(("recorder", first)) as one,
         cluster.router(("recorder", second)) as two,
     ):
-        await _rounds(one, two, count=1)
+        await _voted_on_every_node(one, two)
         cluster.nodes["gitaly-2"].stop()
         await eventually(
             lambda: not _healthy(one, "gitaly-2") and not _healthy(two, "gitaly-2"),
@@ -121,7 +135,7 @@ async def fake_routers(votes: HealthVotes, verdicts: dict[str, dict[str, bool]])
 
 async def test_routers_follow_the_majority_of_live_routers(cluster: FailoverCluster) -> None:
     async with cluster.router() as one, cluster.router() as two:
-        await _rounds(one, two, count=1)
+        await _voted_on_every_node(one, two)
         # Both real routers reach gitaly-3. One or two routers that cannot reach
         # it are no majority: gitaly-3 stays up everywhere.
         down = {"gitaly-3": False}
