@@ -120,10 +120,13 @@ async def bridge(service: str, environ: Mapping[str, str]) -> int:
         else:
             request_type = ssh_pb2.SSHReceivePackRequest
             call = stub.SSHReceivePack(metadata=(bearer_metadata(token),))
-        await call.write(request_type(repository=repository, git_protocol=git_protocol))
-        forwarder = asyncio.create_task(_forward_stdin(call, request_type, stdin))
         exit_status = 0
+        forwarder: asyncio.Task[None] | None = None
         try:
+            # Inside the try: a node that refuses the call (a wrong token) may
+            # have answered before this first write, which then raises.
+            await call.write(request_type(repository=repository, git_protocol=git_protocol))
+            forwarder = asyncio.create_task(_forward_stdin(call, request_type, stdin))
             async for response in call:
                 if response.stdout:
                     stdout.write(response.stdout)
@@ -136,8 +139,9 @@ async def bridge(service: str, environ: Mapping[str, str]) -> int:
         except grpc.aio.AioRpcError as error:
             raise BridgeError(f"{error.code().name}: {error.details()}") from None
         finally:
-            forwarder.cancel()
-            await asyncio.gather(forwarder, return_exceptions=True)
+            if forwarder is not None:
+                forwarder.cancel()
+                await asyncio.gather(forwarder, return_exceptions=True)
             await stdout.drain()
     return exit_status
 
