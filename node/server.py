@@ -17,6 +17,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from praefect.core import __version__
+from praefect.core.child_watcher import use_pidfd_child_watcher
 from praefect.core.lifecycle import serve_until_stopped
 from praefect.node.auth import TokenAuthInterceptor
 from praefect.node.context import NodeContext
@@ -62,6 +63,8 @@ class NodeServer:
         self._stopping = asyncio.Event()
 
     async def startup(self) -> None:
+        # git runs for nearly every call: no thread per git process (Python 3.11)
+        use_pidfd_child_watcher()
         for name, root in self.config.storages.items():
             root.mkdir(parents=True, exist_ok=True)
             log.info("storage %s at %s", name, root)
