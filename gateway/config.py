@@ -7,11 +7,26 @@ before anything listens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_STORAGE = "praefect"
 DEFAULT_REALM = "praefect"
+
+# Time limits on the router's answers; docs/gateway.md ("Time limits")
+# explains each choice.
+#: seconds the router has to send each piece of a ref advertisement
+#: (GET info/refs) once the gateway asks for it
+DEFAULT_ADVERTISE_TIMEOUT = 60.0
+#: seconds the router may keep a POST waiting: to take a piece of the
+#: request body, then, once the body is sent, to start answering
+DEFAULT_RESPONSE_START_TIMEOUT = 300.0
+#: gRPC keepalive on the router channel: a ping after this many seconds,
+#: three times the 10 s the router's server permits between pings
+DEFAULT_KEEPALIVE_TIME = 30.0
+#: seconds a keepalive ping may wait for its acknowledgement (gRPC's default)
+DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 
 
 class GatewayConfigError(ValueError):
@@ -33,6 +48,18 @@ class GatewayConfig:
     storage: the (virtual) storage name every repository lives in.
     password: the HTTP basic-auth secret (any user name); None serves
         without authentication.
+    advertise_timeout: seconds the router has to send each message of an
+        InfoRefs answer (a ref advertisement) once the gateway asks for it;
+        time spent sending the advertisement to a slow client does not count.
+    response_start_timeout: seconds the router may keep a PostUploadPack or
+        PostReceivePack waiting before its first response message: to take
+        each piece of the request body, and after the whole body to start
+        answering. Time spent waiting for the HTTP client does not count,
+        and nothing limits the transfer once the answer has started.
+    keepalive_time, keepalive_timeout: gRPC keepalive on the router channel
+        while calls are in flight: a ping once the connection has been quiet
+        for `keepalive_time` seconds, and the connection is given up when
+        the acknowledgement takes more than `keepalive_timeout` seconds.
     """
 
     listen_addr: str
@@ -43,6 +70,10 @@ class GatewayConfig:
     realm: str = DEFAULT_REALM
     graceful_stop_timeout: float = 10.0
     create_repository_timeout: float = 60.0
+    advertise_timeout: float = DEFAULT_ADVERTISE_TIMEOUT
+    response_start_timeout: float = DEFAULT_RESPONSE_START_TIMEOUT
+    keepalive_time: float = DEFAULT_KEEPALIVE_TIME
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -62,6 +93,32 @@ class GatewayConfig:
             problems.append("no storage name: give --storage NAME (the virtual storage)")
         if self.password is not None and not self.password:
             problems.append("the basic-auth password is empty: give a non-empty secret")
+        for name, value, default, remedy in (
+            (
+                "advertise timeout",
+                self.advertise_timeout,
+                DEFAULT_ADVERTISE_TIMEOUT,
+                "give --advertise-timeout SECONDS",
+            ),
+            (
+                "response start timeout",
+                self.response_start_timeout,
+                DEFAULT_RESPONSE_START_TIMEOUT,
+                "give --response-start-timeout SECONDS",
+            ),
+            ("keepalive time", self.keepalive_time, DEFAULT_KEEPALIVE_TIME, "set keepalive_time"),
+            (
+                "keepalive timeout",
+                self.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+                "set keepalive_timeout",
+            ),
+        ):
+            if not _positive_seconds(value):
+                problems.append(
+                    f"{name} {value!r} is not a positive number of seconds: "
+                    f"{remedy} (default {default:g})"
+                )
         if problems:
             raise GatewayConfigError(problems)
 
@@ -88,6 +145,15 @@ def read_secret_file(path: Path) -> str:
     if not secret:
         raise GatewayConfigError([f"the secret file {path} is empty"])
     return secret
+
+
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _valid_host_port(address: str) -> bool:

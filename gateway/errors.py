@@ -11,6 +11,11 @@ from http import HTTPStatus
 
 import grpc
 
+from praefect.gateway.time_limits import RouterTimeout
+
+#: what an operator does about a router that does not answer in time
+CHECK_THE_ROUTER = "check the router's log and `praefect check`"
+
 HTTP_STATUS_FOR_GRPC: dict[grpc.StatusCode, HTTPStatus] = {
     grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
     grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
@@ -62,6 +67,12 @@ def http_error_for_rpc(
             f"praefect gateway: the router at {router_addr} rejected the gateway's token "
             f"({details}); the gateway's --token must be the router's auth_token",
         )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return HttpError(
+            HTTPStatus.GATEWAY_TIMEOUT,
+            f"praefect gateway: the router at {router_addr} did not answer in time ({details}); "
+            f"{CHECK_THE_ROUTER}",
+        )
     if code == grpc.StatusCode.NOT_FOUND:
         return HttpError(
             HTTPStatus.NOT_FOUND,
@@ -69,3 +80,15 @@ def http_error_for_rpc(
         )
     status = HTTP_STATUS_FOR_GRPC.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
     return HttpError(status, f"{details} (router: {code.name})")
+
+
+def http_error_for_timeout(timeout: RouterTimeout, *, router_addr: str, relative_path: str) -> HttpError:
+    """The 504 for a call the gateway gave up on because the router kept it
+    waiting longer than a limit allows."""
+    limit = timeout.limit
+    return HttpError(
+        HTTPStatus.GATEWAY_TIMEOUT,
+        f"praefect gateway: the router at {router_addr} did not answer within {limit.seconds:g} s "
+        f"({limit.method} for {relative_path}, {timeout.waiting_for}); {CHECK_THE_ROUTER} "
+        f"({limit.option} sets the limit)",
+    )

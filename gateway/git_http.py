@@ -13,7 +13,9 @@ peer, so neither a pack nor a negotiation is ever held whole.
 
 The HTTP status is decided by the first response message: an error before
 it becomes an HTTP error with the router's message; an error after it can
-only cut the connection, which git reports as a failed transfer.
+only cut the connection, which git reports as a failed transfer. A router
+that keeps the gateway waiting for that first message longer than the
+configured limits is a 504 (gateway.time_limits).
 """
 
 from __future__ import annotations
@@ -30,9 +32,23 @@ from grpc import aio
 from praefect.gateway.auth import challenge, check_basic_auth
 from praefect.gateway.body import BadRequestBody, body_chunks, check_encoding
 from praefect.gateway.config import GatewayConfig
-from praefect.gateway.errors import http_error_for_rpc
+from praefect.gateway.errors import http_error_for_rpc, http_error_for_timeout
 from praefect.gateway.paths import BadRepositoryPath, GitEndpoint, split_endpoint
-from praefect.gateway.router import RECEIVE_PACK, UPLOAD_PACK, RouterClient
+from praefect.gateway.router import (
+    RECEIVE_PACK,
+    UPLOAD_PACK,
+    RouterClient,
+    info_refs_method,
+    post_pack_method,
+)
+from praefect.gateway.time_limits import (
+    WAITING_FOR_ADVERTISEMENT,
+    WAITING_FOR_BODY,
+    WAITING_FOR_MORE,
+    WAITING_FOR_RESPONSE,
+    RouterLimit,
+    RouterTimeout,
+)
 
 log = logging.getLogger("praefect.gateway")
 
@@ -122,22 +138,31 @@ class GitHttpHandler:
             )
         path = endpoint.relative_path
         git_protocol = request.headers.get(GIT_PROTOCOL_HEADER, "")
-        call = self.router.info_refs(service, path, git_protocol)
+        limit = RouterLimit(
+            info_refs_method(service), self.config.advertise_timeout, "--advertise-timeout"
+        )
         try:
-            first = await call.read()
-        except aio.AioRpcError as error:
-            if not (service == RECEIVE_PACK and error.code() == grpc.StatusCode.NOT_FOUND):
-                return self._rpc_error(error, path)
-            # A push to a repository that does not exist creates it, as a
-            # first push to a new GitLab project does.
+            call = self.router.info_refs(service, path, git_protocol)
             try:
-                await self.router.create_repository(path)
-                log.info("created repository %s/%s for a push", self.config.storage, path)
-                call = self.router.info_refs(service, path, git_protocol)
-                first = await call.read()
-            except aio.AioRpcError as retry_error:
-                return self._rpc_error(retry_error, path)
-        return await self._relay(request, call, first, advertisement_type(service))
+                first = await limit.wait(call.read(), call, WAITING_FOR_ADVERTISEMENT)
+            except aio.AioRpcError as error:
+                if not (service == RECEIVE_PACK and error.code() == grpc.StatusCode.NOT_FOUND):
+                    return self._rpc_error(error, path)
+                # A push to a repository that does not exist creates it, as a
+                # first push to a new GitLab project does.
+                try:
+                    await self.router.create_repository(path)
+                    log.info("created repository %s/%s for a push", self.config.storage, path)
+                    call = self.router.info_refs(service, path, git_protocol)
+                    first = await limit.wait(call.read(), call, WAITING_FOR_ADVERTISEMENT)
+                except aio.AioRpcError as retry_error:
+                    return self._rpc_error(retry_error, path)
+        except RouterTimeout as timeout:
+            self._log_timeout(timeout, path)
+            return self._timeout_response(timeout, path)
+        return await self._relay(
+            request, call, first, advertisement_type(service), each_message=(limit, path)
+        )
 
     # -- POST git-upload-pack / git-receive-pack ---------------------------
 
@@ -170,18 +195,36 @@ class GitHttpHandler:
         first_request = self.router.first_pack_request(
             service, path, request.headers.get(GIT_PROTOCOL_HEADER, ""), user
         )
+        limit = RouterLimit(
+            post_pack_method(service), self.config.response_start_timeout, "--response-start-timeout"
+        )
         call = self.router.post_pack(service)
-        sender = asyncio.create_task(self._send_body(call, service, first_request, request, encoding))
+        sender = asyncio.create_task(
+            self._send_body(call, service, first_request, request, encoding, limit, path)
+        )
         reader = asyncio.ensure_future(call.read())
         try:
             await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader.cancelled():
-                # Only the sender cancels the call (on a bad body); it is
-                # about to finish with the reason.
+                # Only the sender cancels the call (on a bad body or a router
+                # that takes none of it); it is about to finish with the reason.
                 await asyncio.wait({sender})
+            elif not reader.done() and _body_error(sender) is None:
+                # The whole body is with the router. Only now does the wait
+                # for its answer start to count: a push's first response
+                # comes after the router has received and checked the whole
+                # pack, which may take long to send.
+                await asyncio.wait({reader}, timeout=limit.seconds)
+                if not reader.done():
+                    call.cancel()
+                    timeout = RouterTimeout(limit, WAITING_FOR_RESPONSE)
+                    self._log_timeout(timeout, path)
+                    return self._refuse(request, self._timeout_response(timeout, path))
             else:
                 await asyncio.wait({reader})
             body_error = _body_error(sender) if sender.done() else None
+            if isinstance(body_error, RouterTimeout):
+                return self._refuse(request, self._timeout_response(body_error, path))
             if body_error is not None:
                 return self._refuse(request, self._body_error_response(body_error))
             if reader.cancelled():
@@ -210,20 +253,30 @@ class GitHttpHandler:
         first_request: Any,
         request: web.Request,
         encoding: str,
+        limit: RouterLimit,
+        relative_path: str,
     ) -> None:
         """Write the repository message, then the body piece by piece; each
-        write waits for grpc's flow control, which paces reading the client."""
+        write waits for grpc's flow control, which paces reading the client.
+        The router must take each piece within the limit (also after its
+        answer has started: a router that stops reading is stuck); waiting
+        for the client's next piece does not count."""
         try:
-            await call.write(first_request)
+            await limit.wait(call.write(first_request), call, WAITING_FOR_BODY)
             async for chunk in body_chunks(request.content, encoding):
-                await call.write(self.router.pack_data(service, chunk))
-            await call.done_writing()
+                await limit.wait(call.write(self.router.pack_data(service, chunk)), call, WAITING_FOR_BODY)
+            await limit.wait(call.done_writing(), call, WAITING_FOR_BODY)
         except (aio.AioRpcError, asyncio.InvalidStateError):
             # The call ended (failed, or the server answered without reading
             # everything): its status, read by the relay, tells the client.
             return
+        except RouterTimeout as timeout:
+            # Logged here: once the answer has started, nobody else sees it.
+            self._log_timeout(timeout, relative_path)
+            raise
         except BaseException:
-            # A bad or broken body: the router must not act on half of it.
+            # A bad or broken body, or a router that takes none of it: the
+            # router must not act on half of it.
             call.cancel()
             raise
 
@@ -236,8 +289,20 @@ class GitHttpHandler:
     # -- shared ----------------------------------------------------------
 
     async def _relay(
-        self, request: web.Request, call: Any, first: Any, content_type: str
+        self,
+        request: web.Request,
+        call: Any,
+        first: Any,
+        content_type: str,
+        each_message: tuple[RouterLimit, str] | None = None,
     ) -> web.StreamResponse:
+        """Stream the call's messages to the client, starting with `first`.
+
+        each_message: (limit, relative path) when every next message must
+        come within the limit of asking for it. Only the wait for the router
+        counts: while the client is slow to take a message, the router fills
+        the flow-control window, and the next read finds it there.
+        """
         response = web.StreamResponse(status=HTTPStatus.OK, headers={hdrs.CONTENT_TYPE: content_type})
         if request.version >= HttpVersion11:
             response.enable_chunked_encoding()
@@ -248,7 +313,15 @@ class GitHttpHandler:
             while message is not aio.EOF:
                 if message.data:
                     await response.write(message.data)
-                message = await call.read()
+                if each_message is None:
+                    message = await call.read()
+                else:
+                    message = await each_message[0].wait(call.read(), call, WAITING_FOR_MORE)
+        except RouterTimeout as timeout:
+            assert each_message is not None
+            self._log_timeout(timeout, each_message[1])
+            self._cut(request)
+            return response
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -287,6 +360,24 @@ class GitHttpHandler:
         )
         if http_error.status >= 500:
             log.warning("%s: %s", relative_path, http_error.message)
+        return text_response(http_error.status, http_error.message)
+
+    def _log_timeout(self, timeout: RouterTimeout, relative_path: str) -> None:
+        limit = timeout.limit
+        log.warning(
+            "%s: %s: the router at %s did not answer within %g s (%s; %s); cancelled the call",
+            relative_path,
+            limit.method,
+            self.router.address,
+            limit.seconds,
+            timeout.waiting_for,
+            limit.option,
+        )
+
+    def _timeout_response(self, timeout: RouterTimeout, relative_path: str) -> web.Response:
+        http_error = http_error_for_timeout(
+            timeout, router_addr=self.router.address, relative_path=relative_path
+        )
         return text_response(http_error.status, http_error.message)
 
     @staticmethod

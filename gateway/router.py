@@ -2,12 +2,13 @@
 
 Every call carries a fresh v2 token for the router's external secret. The
 channel is shared by all requests; grpc reconnects on its own when the
-router comes back.
+router comes back, and its keepalive pings find a connection that died
+without a word (host gone, no RST) while a call is in flight.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -29,7 +30,51 @@ RECEIVE_PACK = "git-receive-pack"
 # with very many refs answers info/refs in larger pieces on some servers.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-PackRequest = smarthttp_pb2.PostUploadPackRequest | smarthttp_pb2.PostReceivePackRequest
+PackRequest: TypeAlias = smarthttp_pb2.PostUploadPackRequest | smarthttp_pb2.PostReceivePackRequest
+
+
+def info_refs_method(service: str) -> str:
+    """The SmartHTTPService method that answers GET info/refs for `service`."""
+    return "InfoRefsUploadPack" if service == UPLOAD_PACK else "InfoRefsReceivePack"
+
+
+def post_pack_method(service: str) -> str:
+    """The SmartHTTPService method that answers POST `service`."""
+    return "PostUploadPack" if service == UPLOAD_PACK else "PostReceivePack"
+
+
+def channel_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    """Options of the channel to the router.
+
+    Keepalive, so that a connection that died without a word (host gone, no
+    RST) fails the calls on it instead of leaving them waiting forever: a
+    ping once the connection has been quiet for `keepalive_time`, and the
+    connection given up when a ping is not acknowledged within
+    `keepalive_timeout`. gRPC core applies its general ping timeout
+    (`grpc.http2.ping_timeout_ms`, one minute by default) to keepalive pings
+    too, so it is set to the same value.
+
+    What the servers accept: the router permits a ping every 10 s, with or
+    without calls (core/server.py `server_options`); 30 s stays well clear
+    of its GOAWAY too_many_pings. A node keeps gRPC's server defaults: one
+    ping per 2 hours on a connection without calls, one per 5 minutes while
+    it sends nothing during a call, and GOAWAY after the third ping too
+    many. Hence no pings without calls (`keepalive_permit_without_calls`
+    0). During a call a node rarely stays silent: any data or window update
+    it sends forgives earlier pings, and git sends some every 5 s while it
+    prepares or checks a pack (uploadpack.keepAlive, receive.keepAlive).
+    `grpc.http2.max_pings_without_data` keeps gRPC's default of 2, after
+    which the gateway pings at most once a minute until it sends data again.
+    """
+    keepalive_timeout_ms = max(1, round(config.keepalive_timeout * 1000))
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+        ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", max(1, round(config.keepalive_time * 1000))),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
 
 
 class RouterClient:
@@ -40,13 +85,7 @@ class RouterClient:
         self._token = config.token
         self._storage = config.storage
         self._create_timeout = config.create_repository_timeout
-        self._channel = aio.insecure_channel(
-            config.grpc_target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
-                ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-            ],
-        )
+        self._channel = aio.insecure_channel(config.grpc_target, options=channel_options(config))
         self._smarthttp = smarthttp_pb2_grpc.SmartHTTPServiceStub(self._channel)
         self._repository = repository_pb2_grpc.RepositoryServiceStub(self._channel)
 

@@ -51,6 +51,25 @@ from praefect.core.cli import main
     help="The HTTP password (prefer --secret-file or the environment: "
     "a command line is visible to every user of the machine).",
 )
+@click.option(
+    "--advertise-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the router may keep a ref advertisement (GET info/refs) waiting, "
+    "at its start or in its middle, before git gets 504.",
+)
+@click.option(
+    "--response-start-timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the router may keep a fetch or push waiting: to take each piece of "
+    "the request, then to start answering once it has all of it. A transfer that has "
+    "started is never cut.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def gateway_command(
     listen_addr: str,
@@ -59,6 +78,8 @@ def gateway_command(
     storage: str,
     secret_file: Path | None,
     password: str | None,
+    advertise_timeout: float,
+    response_start_timeout: float,
     log_level: str,
 ) -> None:
     """Serve git clone, fetch and push over HTTP through the router.
@@ -84,6 +105,8 @@ def gateway_command(
             token=token or "",
             storage=storage,
             password=password,
+            advertise_timeout=advertise_timeout,
+            response_start_timeout=response_start_timeout,
         )
     except GatewayConfigError as error:
         for problem in error.problems:
