@@ -15,6 +15,7 @@ from typing import Any
 
 from grpc import aio
 
+from praefect.core.keepalive import client_keepalive_options
 from praefect.core.methods import CallKind, MethodInfo
 from praefect.core.routing_types import NodeRef
 from praefect.core.telemetry.node_calls import instrument_node_callable
@@ -42,6 +43,9 @@ def channel_options(max_message_size: int) -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 5_000),
         ("grpc.enable_retries", 0),
+        # A node whose host vanished mid-stream fails the call in ~50 s, not
+        # when TCP gives up; idle connections are the health checks' to watch.
+        *client_keepalive_options(),
     ]
 
 

@@ -21,6 +21,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from praefect.core import server_service
+from praefect.core.keepalive import SERVER_KEEPALIVE_OPTIONS
 from praefect.core.lifecycle import serve_until_stopped
 from praefect.core.local_services import ServiceRegistrar
 from praefect.core.proxy import ProxyHandler
@@ -32,8 +33,6 @@ __all__ = ["RouterServer", "server_options"]
 
 log = logging.getLogger("praefect.router")
 
-#: printed once listening; tests and scripts wait for it
-
 
 def server_options(config: RouterConfig) -> list[tuple[str, Any]]:
     """Options of the router's own gRPC server."""
@@ -41,9 +40,7 @@ def server_options(config: RouterConfig) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", config.max_message_size),
         ("grpc.max_send_message_length", config.max_message_size),
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
-        # Clients such as GitLab keep connections open for a long time.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        *SERVER_KEEPALIVE_OPTIONS,
     ]
 
 

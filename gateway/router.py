@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from praefect.core.keepalive import client_keepalive_options
 from praefect.core.tokens import bearer_metadata
 from praefect.gateway.config import GatewayConfig
 from praefect.protos.gitaly import (
@@ -46,34 +47,19 @@ def post_pack_method(service: str) -> str:
 def channel_options(config: GatewayConfig) -> list[tuple[str, int]]:
     """Options of the channel to the router.
 
-    Keepalive, so that a connection that died without a word (host gone, no
-    RST) fails the calls on it instead of leaving them waiting forever: a
-    ping once the connection has been quiet for `keepalive_time`, and the
-    connection given up when a ping is not acknowledged within
-    `keepalive_timeout`. gRPC core applies its general ping timeout
-    (`grpc.http2.ping_timeout_ms`, one minute by default) to keepalive pings
-    too, so it is set to the same value.
-
-    What the servers accept: the router permits a ping every 10 s, with or
-    without calls (core/server.py `server_options`); 30 s stays well clear
-    of its GOAWAY too_many_pings. A node keeps gRPC's server defaults: one
-    ping per 2 hours on a connection without calls, one per 5 minutes while
-    it sends nothing during a call, and GOAWAY after the third ping too
-    many. Hence no pings without calls (`keepalive_permit_without_calls`
-    0). During a call a node rarely stays silent: any data or window update
-    it sends forgives earlier pings, and git sends some every 5 s while it
-    prepares or checks a pack (uploadpack.keepAlive, receive.keepAlive).
-    `grpc.http2.max_pings_without_data` keeps gRPC's default of 2, after
-    which the gateway pings at most once a minute until it sends data again.
+    Keepalive (praefect.core.keepalive), so that a connection that died
+    without a word (host gone, no RST) fails the calls on it instead of
+    leaving them waiting forever. No pings without calls: the gateway may
+    point at a Gitaly server that keeps gRPC's server defaults (one ping per
+    2 hours on a connection without calls, GOAWAY after the third too many);
+    during a call such a server rarely stays silent, as git sends something
+    every 5 s while it prepares or checks a pack (uploadpack.keepAlive,
+    receive.keepAlive). praefect's router and node accept a ping every 10 s.
     """
-    keepalive_timeout_ms = max(1, round(config.keepalive_timeout * 1000))
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
         ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", max(1, round(config.keepalive_time * 1000))),
-        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
-        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", 0),
+        *client_keepalive_options(config.keepalive_time, config.keepalive_timeout),
     ]
 
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from praefect.core import __version__
 from praefect.core.child_watcher import use_pidfd_child_watcher
+from praefect.core.keepalive import SERVER_KEEPALIVE_OPTIONS
 from praefect.core.lifecycle import serve_until_stopped
 from praefect.node.auth import TokenAuthInterceptor
 from praefect.node.context import NodeContext
@@ -54,6 +55,17 @@ class NodeServerConfig:
             raise ValueError("the node needs at least one storage (--storage NAME=PATH)")
 
 
+def node_server_options(config: NodeServerConfig) -> list[tuple[str, int]]:
+    """Options of the node's gRPC server."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_size),
+        ("grpc.max_send_message_length", config.max_message_size),
+        ("grpc.so_reuseport", 0),
+        *SERVER_KEEPALIVE_OPTIONS,
+        *config.extra_options,
+    ]
+
+
 class NodeServer:
     def __init__(self, config: NodeServerConfig) -> None:
         self.config = config
@@ -75,12 +87,7 @@ class NodeServer:
             server_version=__version__,
             git_version=git_version,
         )
-        options = [
-            ("grpc.max_receive_message_length", self.config.max_message_size),
-            ("grpc.max_send_message_length", self.config.max_message_size),
-            ("grpc.so_reuseport", 0),
-            *self.config.extra_options,
-        ]
+        options = node_server_options(self.config)
         observe_git_processes()
         self.server = aio.server(
             interceptors=[

@@ -21,6 +21,7 @@ import aiohttp
 import grpc
 import pytest
 
+from praefect.core.keepalive import SERVER_KEEPALIVE_OPTIONS
 from praefect.core.router_config import RouterConfig
 from praefect.core.server import server_options
 from praefect.gateway.config import GatewayConfig, GatewayConfigError
@@ -28,6 +29,7 @@ from praefect.gateway.errors import http_error_for_rpc
 from praefect.gateway.router import channel_options
 from praefect.gateway.server import GatewayServer
 from praefect.gateway.time_limits import WAITING_FOR_BODY, WAITING_FOR_MORE, WAITING_FOR_RESPONSE
+from praefect.node.server import NodeServerConfig, node_server_options
 from tests.gateway.conftest import PASSWORD, gateway_config
 from tests.support.gateway import (
     RawResponse,
@@ -609,9 +611,12 @@ def test_keepalive_pings_stay_well_inside_what_router_and_node_accept(tmp_path: 
         >= 3 * router["grpc.http2.min_ping_interval_without_data_ms"]
     )
     assert options["grpc.keepalive_timeout_ms"] == 20_000
-    # A node keeps gRPC's defaults: one ping in 2 hours without calls, more
-    # is answered with GOAWAY too_many_pings.
+    # The gateway may point at a server with gRPC's defaults (Gitaly): one
+    # ping in 2 hours without calls, more is answered with GOAWAY too_many_pings.
     assert options["grpc.keepalive_permit_without_calls"] == 0
+    # praefect's node accepts what the router accepts
+    assert set(SERVER_KEEPALIVE_OPTIONS) <= set(router.items())
+    assert set(SERVER_KEEPALIVE_OPTIONS) <= set(node_server_options(NodeServerConfig("127.0.0.1:0", {"s": tmp_path}, "t")))
 
 
 async def test_a_connection_that_dies_silently_mid_clone_is_cut_by_keepalive(
