@@ -5,10 +5,18 @@ settings (``--config``): ``redis.url``, or the socket of the embedded Redis
 that a running router owns in ``redis.data_dir``. Every change goes through
 the same atomic scripts the routers use, and the routers' state caches
 follow it within milliseconds.
+
+A node with a copy (replication) running into it cannot be made primary:
+the copy would overwrite the writes it takes as primary (see the copy
+leases of :mod:`praefect.plugins.replication.state`). ``failover`` and
+``accept-dataloss`` wait a few seconds for such a copy to end, then refuse
+with a message that says so: copies are usually short, and an operator's
+command should neither hang on a long one nor move the primary under it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,10 +34,20 @@ from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.redis_access import FAILURE, fail, run_on_redis
 from praefect.plugins.failover.election import Elector
 from praefect.plugins.failover.votes import HealthVotes, NodeView
-from praefect.plugins.replication.state import PrimaryMoved, RepositoryMetadata, RepositoryStore
+from praefect.plugins.replication.state import (
+    PrimaryChange,
+    PrimaryMoved,
+    RepositoryMetadata,
+    RepositoryStore,
+)
 from praefect.settings import Config
 
 T = TypeVar("T")
+
+#: seconds a command waits, in all, for copies into the new primary to end
+DEFAULT_COPY_WAIT = 10.0
+_COPY_POLL_FIRST = 0.02
+_COPY_POLL_MAX = 0.5
 
 # Typed names for the shared group and option (mypy run on file paths cannot
 # follow the editable install's praefect.* imports and would see Any).
@@ -87,6 +105,14 @@ _VS_OPTION = click.option(
 )
 
 
+_COPY_WAIT_OPTION = click.option(
+    "--copy-wait", "copy_wait", type=click.FloatRange(min=0), default=DEFAULT_COPY_WAIT,
+    show_default=True, metavar="SECONDS",
+    help="How long to wait, in all, for copies (replication) running into the new primary to end; "
+    "a repository still being copied into then keeps its primary.",
+)
+
+
 # ------------------------------------------------------------- failover
 
 
@@ -96,6 +122,49 @@ class _Move:
     before: str
     result: str
     refused: bool = False
+    #: refused because a copy into the target was still running
+    busy: bool = False
+
+
+def _busy_result(target: str) -> str:
+    return (
+        f"refused: a copy (replication) into {target} is still running, and {target} cannot "
+        "become primary before it ends; run again in a moment"
+    )
+
+
+async def _set_primary_after_copies(
+    redis: _Redis,
+    vs: str,
+    path: str,
+    target: str,
+    *,
+    expected: str | None,
+    up_to_date: bool,
+    until: float,
+) -> PrimaryChange:
+    """set_primary; while it is ``busy`` (a copy into ``target`` runs), again until ``until``.
+
+    ``until`` is a ``time.monotonic()`` value. Prints once to stderr that it waits.
+    """
+    change = await redis.store.set_primary(vs, path, target, expected=expected, up_to_date=up_to_date)
+    if change.status != "busy" or until <= time.monotonic():
+        return change
+    click.echo(
+        f"{path}: a copy (replication) into {target} is running; waiting up to "
+        f"{until - time.monotonic():.1f} s for it to end",
+        err=True,
+    )
+    delay = _COPY_POLL_FIRST
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, _COPY_POLL_MAX)
+        change = await redis.store.set_primary(
+            vs, path, target, expected=expected, up_to_date=up_to_date
+        )
+        if change.status != "busy":
+            return change
+    return change
 
 
 @main.command("failover")
@@ -110,6 +179,7 @@ class _Move:
     "--force", is_flag=True,
     help="Also move repositories of which NODE is outdated: the changes it lacks are lost.",
 )
+@_COPY_WAIT_OPTION
 def failover_command(
     config: Path | None,
     secrets: Path | None,
@@ -117,19 +187,23 @@ def failover_command(
     target: str,
     relative_path: str | None,
     force: bool,
+    copy_wait: float,
 ) -> None:
     """Make NODE the primary of one repository or of all of them.
 
     A repository of which NODE is behind is refused (and listed with the
     changes it lacks) unless --force: then NODE's copy becomes authoritative,
     the other replicas are replicated from it, and the listed changes are
-    lost. A node the routers see down is refused.
+    lost. A node the routers see down is refused. While a copy
+    (replication) into NODE is running, NODE cannot become primary: the
+    command waits up to --copy-wait seconds for it to end, then refuses.
     """
     settings = load_config_or_exit(config, secrets)
     vs = _virtual_storage(settings, virtual_storage)
     _node(settings, vs, target)
 
     async def move_all(redis: _Redis) -> list[_Move]:
+        until = time.monotonic() + copy_wait
         view = await redis.votes.view(vs)
         state = view.get(target)
         if state is not None and not state.healthy:
@@ -144,7 +218,9 @@ def failover_command(
         else:
             repositories = list(await redis.store.list_repositories(vs))
         return [
-            await _move(redis, repo, target, force) for repo in repositories if repo is not None
+            await _move(redis, repo, target, force, copy_wait_until=until)
+            for repo in repositories
+            if repo is not None
         ]
 
     moves = _run(settings, move_all)
@@ -162,15 +238,31 @@ def failover_command(
     moved = sum(1 for move in moves if move.result.startswith(("moved", "forced")))
     console.print(f"{moved} moved, {len(refused)} refused, {len(moves) - moved - len(refused)} unchanged.")
     if refused:
-        console.print(
-            "Refused repositories keep their primary. Wait until replication brings "
-            f"{target} up to date, or run again with --force to lose what it lacks."
-        )
+        if any(not move.busy for move in refused):
+            console.print(
+                "Refused repositories keep their primary. Wait until replication brings "
+                f"{target} up to date, or run again with --force to lose what it lacks."
+            )
+        if any(move.busy for move in refused):
+            console.print(
+                f"Copies into {target} were still running: it becomes primary of those "
+                "repositories only after they end (`praefect metadata` shows them). Run again "
+                "in a moment, or with a longer --copy-wait."
+            )
         raise SystemExit(FAILURE)
 
 
-async def _move(redis: _Redis, repo: RepositoryMetadata, target: str, force: bool) -> _Move:
+async def _move(
+    redis: _Redis,
+    repo: RepositoryMetadata,
+    target: str,
+    force: bool,
+    *,
+    copy_wait_until: float | None = None,
+) -> _Move:
+    """Move one repository's primary to ``target``; wait for copies into it until ``copy_wait_until``."""
     vs, path, before = repo.virtual_storage, repo.relative_path, repo.primary
+    until = time.monotonic() + DEFAULT_COPY_WAIT if copy_wait_until is None else copy_wait_until
     if before == target:
         return _Move(path, before, "already the primary")
     if target not in repo.assigned:
@@ -185,8 +277,13 @@ async def _move(redis: _Redis, repo: RepositoryMetadata, target: str, force: boo
             f"refused: {target} is behind by {_changes(behind)}, which would be lost", True,
         )
     # The move itself checks that the target is still up to date: a write
-    # recorded since the read above must not be lost without --force.
-    change = await redis.store.set_primary(vs, path, target, expected=before, up_to_date=not force)
+    # recorded since the read above must not be lost without --force. It
+    # also refuses a target with a copy running into it.
+    change = await _set_primary_after_copies(
+        redis, vs, path, target, expected=before, up_to_date=not force, until=until
+    )
+    if change.status == "busy":
+        return _Move(path, before, _busy_result(target), refused=True, busy=True)
     if change.status == "conflict":
         return _Move(path, before, f"refused: the primary changed meanwhile to {change.primary}; run again", True)
     if change.status == "behind":
@@ -230,19 +327,23 @@ async def _move(redis: _Redis, repo: RepositoryMetadata, target: str, force: boo
     "--authoritative-storage", "authoritative", required=True, metavar="NODE",
     help="The node whose copy becomes the repository's.",
 )
+@_COPY_WAIT_OPTION
 def accept_dataloss_command(
     config: Path | None,
     secrets: Path | None,
     virtual_storage: str | None,
     relative_path: str,
     authoritative: str,
+    copy_wait: float,
 ) -> None:
     """Make NODE's copy of a repository authoritative, accepting what it lacks.
 
     NODE's replica gets a new generation of the repository and becomes its
     primary; every other replica is outdated and replicated from NODE. Use it
     for a repository that `praefect dataloss` lists as read-only because no
-    up-to-date replica is healthy.
+    up-to-date replica is healthy. While a copy (replication) into NODE is
+    running, NODE cannot become primary: the command waits up to
+    --copy-wait seconds for it to end.
     """
     settings = load_config_or_exit(config, secrets)
     vs = _virtual_storage(settings, virtual_storage)
@@ -262,15 +363,27 @@ def accept_dataloss_command(
         if have < 0:
             fail(f"{authoritative} has no replica of {relative_path!r}: choose a node that has one")
         record = await redis.store.set_authoritative(vs, relative_path, authoritative)
+        until = time.monotonic() + copy_wait
+        change: PrimaryChange | None = None
         for _ in range(5):
             current = await redis.store.require(vs, relative_path)
             if current.primary == authoritative:
+                change = None
                 break
-            change = await redis.store.set_primary(
-                vs, relative_path, authoritative, expected=current.primary
+            change = await _set_primary_after_copies(
+                redis, vs, relative_path, authoritative, expected=current.primary,
+                up_to_date=False, until=until,
             )
             if change.status != "conflict":
                 break
+        if change is not None and change.status == "busy":
+            fail(
+                f"{authoritative} is now authoritative for {relative_path} in {vs} at generation "
+                f"{record.generation}, but not its primary yet: a copy (replication) into "
+                f"{authoritative} is still running, and it cannot become primary before that "
+                f"copy ends. Run `praefect failover --to {authoritative} --relative-path "
+                f"{relative_path}` in a moment."
+            )
         await redis.elector.acknowledge(vs, relative_path, authoritative, record.generation)
         lines = [
             f"{authoritative} is now authoritative for {relative_path} in {vs} at generation "
@@ -305,15 +418,18 @@ def metadata_command(
     settings = load_config_or_exit(config, secrets)
     vs = _virtual_storage(settings, virtual_storage)
 
-    async def read(redis: _Redis) -> tuple[RepositoryMetadata, int | None, dict[str, NodeView]]:
+    async def read(
+        redis: _Redis,
+    ) -> tuple[RepositoryMetadata, int | None, dict[str, NodeView], dict[str, float]]:
         repo = await redis.store.get(vs, relative_path)
         if repo is None:
             fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         assert repo is not None
         acked = await redis.store.client.hget(redis.store.keys(vs).repository(relative_path), "acked")
-        return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs)
+        copies = await redis.store.copy_leases(vs, relative_path)
+        return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs), copies
 
-    repo, acked, view = _run(settings, read)
+    repo, acked, view, copies = _run(settings, read)
     configured = settings.virtual_storage(vs).node_names
     names = list(dict.fromkeys((*configured, *repo.assigned, *repo.replica_generations)))
     console = _console()
@@ -333,6 +449,14 @@ def metadata_command(
     else:
         state = "read-only: no up-to-date replica is healthy (see `praefect accept-dataloss`)"
     console.print(f"  State: {state}")
+    if copies:
+        running = ", ".join(
+            f"{name} (lease expires within {left:.0f} s)" for name, left in sorted(copies.items())
+        )
+        console.print(
+            f"  Copies (replication) running into: {running}; not electable as primary until "
+            "the copy ends"
+        )
     table = Table(title="Replicas")
     for column in ("Storage", "Role", "Generation", "Up to date", "Healthy", "Assigned"):
         table.add_column(column)

@@ -24,11 +24,25 @@ When the winner is behind the repository's generation, the election
 declares it authoritative right after (a new generation, replication from it
 to the others), so the replicas converge on the new primary and drop the
 unacknowledged writes only the old primary had.
+
+Copies running into a candidate
+-------------------------------
+A replication worker holds a *copy lease* on (repository, target) while
+ReplicateRepository runs into the target (see
+:meth:`~praefect.plugins.replication.state.RepositoryStore.take_copy_lease`).
+The copy is a mirror fetch: it overwrites and prunes the target's refs. A
+node elected in the middle of one would take writes as primary that the end
+of the copy then undoes, so the election skips a candidate with an
+unexpired lease. When every qualifying candidate has one, the election says
+``busy`` rather than ``none``: the repository is not read-only, it only has
+to wait until a copy ends (the lease is released then, or expires after the
+copy's deadline if its worker died), and the callers elect again then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +67,7 @@ __all__ = [
     "MovedBeforeAcknowledgement",
     "MovedListener",
     "WriteAcknowledger",
+    "busy_message",
     "failover_candidate",
     "read_only_message",
 ]
@@ -73,6 +88,16 @@ class MovedBeforeAcknowledgement(CallError):
     """
 
     code = grpc.StatusCode.ABORTED
+
+
+def busy_message(relative_path: str, primary: str, busy: Iterable[str]) -> str:
+    """What a mutator gets when the replicas that could take over are still being copied into."""
+    nodes = ", ".join(busy) or "the replica that can take over"
+    return (
+        f"the primary of {relative_path!r}, {primary}, is down and a copy (replication) into "
+        f"{nodes} is still running: it cannot become primary until the copy ends; retry the "
+        "call in a moment"
+    )
 
 
 def read_only_message(relative_path: str, primary: str) -> str:
@@ -109,8 +134,10 @@ class Election:
 
     ``status``: ``ok`` (``primary`` took over from ``previous``), ``unchanged``
     (the primary qualifies), ``none`` (no candidate qualifies: read-only),
-    ``conflict`` (the primary was not the expected one; ``primary`` is the
-    one now) or ``untracked``.
+    ``busy`` (the only qualifying candidates, ``busy``, have a copy running
+    into them: elect again when one ends, at the latest in ``busy_for``
+    seconds when their leases expire), ``conflict`` (the primary was not the
+    expected one; ``primary`` is the one now) or ``untracked``.
     """
 
     status: str
@@ -119,6 +146,8 @@ class Election:
     primary_generation: int = -1
     generation: int = -1
     version: int = 0
+    busy: tuple[str, ...] = ()
+    busy_for: float = 0.0
 
     @property
     def changed(self) -> bool:
@@ -144,13 +173,17 @@ class Elector:
 
         ``expected``: only if the primary is still this node (else
         ``conflict``). A winner behind the repository's generation is made
-        authoritative afterwards (see the module docstring).
+        authoritative afterwards (see the module docstring). Candidates
+        being copied into are skipped; ``busy`` when only they qualify.
         """
         keys = self.store.keys(virtual_storage)
         before = expected or ""
-        status, primary, version, state, primary_generation, generation = (
+        status, primary, version, state, primary_generation, generation, busy, busy_ms = (
             await self.scripts.elect(
-                keys=[keys.repository(relative_path), keys.version, keys.changes],
+                keys=[
+                    keys.repository(relative_path), keys.version, keys.changes,
+                    keys.copy_leases(relative_path),
+                ],
                 args=[relative_path, self.store.changes_maxlen, before, *candidates],
             )
         )
@@ -161,6 +194,8 @@ class Elector:
             int(primary_generation),
             int(generation),
             int(version),
+            tuple(str(name) for name in json.loads(busy)) if busy else (),
+            int(busy_ms) / 1000,
         )
         if not election.changed:
             return election

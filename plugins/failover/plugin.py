@@ -10,7 +10,9 @@
   primary that is down (see :meth:`FailoverRuntime.route`); ``None``
   otherwise, so the default routing decides;
 - ``before_mutation`` (``tryfirst``: before the replication plugin records
-  its intent): elect the replica ``route`` chose, or fail the call;
+  its intent): elect the replica ``route`` chose, or fail the call; while
+  the qualifying replicas are being copied into (copy leases), wait for a
+  copy to end, within the call's deadline;
 - ``on_mutation`` (``trylast``: after the replication plugin recorded the
   write, which it refuses when the write's node is no longer the primary):
   hold the OK until enough replicas have the write, and record it as

@@ -21,6 +21,13 @@ pay for the election, and repositories nobody writes to would keep a dead
 primary, which every later read or write must route around. Why not only
 on node down: the router that records the change may die before it is
 done.
+
+An election whose only qualifying candidates have a copy running into them
+answers ``busy`` (see :mod:`praefect.plugins.failover.election`). A write
+waiting for it elects again as soon as the copy ends: its wait ends with
+the copy, with the client's deadline (gRPC cancels the call) or when the
+copy's lease expires, whichever comes first. Background elections wait at
+most one sweep interval and leave the rest to the next sweep.
 """
 
 from __future__ import annotations
@@ -45,11 +52,13 @@ from praefect.plugins.failover.election import (
     Election,
     Elector,
     WriteAcknowledger,
+    busy_message,
     failover_candidate,
     read_only_message,
 )
 from praefect.plugins.failover.health import HealthChecker
 from praefect.plugins.failover.votes import HealthVotes
+from praefect.plugins.replication.redis_io import raise_if_cancelling
 from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.plugins.replication.state import PrimaryMoved
 
@@ -66,6 +75,9 @@ ACCESSOR_POLICY_HEADER = "gitaly-route-repository-accessor-policy"
 _CONCURRENCY = 16
 #: the background sweep runs this many health intervals apart (at least 2 s)
 _SWEEP_INTERVALS = 5
+#: first and longest pause (s) between elections that wait for a copy to end
+_BUSY_POLL_FIRST = 0.01
+_BUSY_POLL_MAX = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +232,11 @@ class FailoverRuntime:
         assert repository is not None
         vs, path = repository.virtual_storage, repository.relative_path
         try:
+            # Wait for a copy into the candidate to end: until the client's
+            # deadline (gRPC cancels the call), at most until its lease expires.
             election = await self.elect(
-                vs, path, expected=planned.expected, reason=f"{planned.expected} is down"
+                vs, path, expected=planned.expected, reason=f"{planned.expected} is down",
+                wait_for_copies=None, waiter=f"a write ({call.method.name})",
             )
         except (RedisError, OSError) as error:
             raise Unavailable(
@@ -230,6 +245,8 @@ class FailoverRuntime:
             ) from error
         if election.status == "none":
             raise FailedPrecondition(read_only_message(path, planned.expected))
+        if election.status == "busy":
+            raise Unavailable(busy_message(path, planned.expected, election.busy))
         if election.primary != planned.node.name:
             raise Unavailable(
                 f"the primary of {path!r} is now {election.primary or 'unknown'}, not "
@@ -239,9 +256,49 @@ class FailoverRuntime:
     # --------------------------------------------------------- elections
 
     async def elect(
+        self,
+        vs: str,
+        path: str,
+        *,
+        expected: str | None,
+        reason: str,
+        wait_for_copies: float | None = 0.0,
+        waiter: str = "the failover",
+    ) -> Election:
+        """Elect among this router's healthy nodes; fire ``on_failover`` on a move.
+
+        While the election is ``busy`` (the only qualifying candidates are
+        being copied into), elect again every few ms for at most
+        ``wait_for_copies`` seconds (``None``: until the copies' leases
+        expire), so that the election happens as soon as a copy ends.
+        ``waiter`` names who waits, in the log.
+        """
+        election = await self._elect_once(vs, path, expected=expected, reason=reason)
+        if election.status != "busy" or wait_for_copies == 0:
+            return election
+        loop = asyncio.get_running_loop()
+        limit = election.busy_for if wait_for_copies is None else min(wait_for_copies, election.busy_for)
+        # A little past the expiry: the election right after it finds the lease gone.
+        deadline = loop.time() + limit + _BUSY_POLL_MAX
+        log.info(
+            "%s in %s: %s cannot take over from %s yet, a copy into it is running; %s waits "
+            "until it ends (at most %.1f s)",
+            path, vs, ", ".join(election.busy), expected or election.primary or "?", waiter, limit,
+        )
+        delay = _BUSY_POLL_FIRST
+        while (remaining := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _BUSY_POLL_MAX)
+            election = await self._elect_once(vs, path, expected=expected, reason=reason)
+            # redis-py may swallow a cancellation (the client's deadline) in a command
+            raise_if_cancelling()
+            if election.status != "busy":
+                return election
+        return election
+
+    async def _elect_once(
         self, vs: str, path: str, *, expected: str | None, reason: str
     ) -> Election:
-        """Elect among this router's healthy nodes; fire ``on_failover`` on a move."""
         healthy = self._healthy_names(vs)
         async with self._limit:
             election = await self.elector.elect(vs, path, healthy, expected=expected)
@@ -308,7 +365,10 @@ class FailoverRuntime:
 
     async def _elect_quietly(self, vs: str, path: str, expected: str) -> Election | None:
         try:
-            return await self.elect(vs, path, expected=expected, reason=f"{expected} is down")
+            return await self.elect(
+                vs, path, expected=expected, reason=f"{expected} is down",
+                wait_for_copies=self.sweep_interval,
+            )
         except (RedisError, OSError) as error:
             log.warning("cannot elect a primary for %s in %s: %s", path, vs, error)
             return None
@@ -328,7 +388,11 @@ class FailoverRuntime:
 
         async def one(path: str) -> Election | None:
             try:
-                return await self.elect(vs, path, expected=node.name, reason=reason)
+                # A repository still busy after this is the next sweep's.
+                return await self.elect(
+                    vs, path, expected=node.name, reason=reason,
+                    wait_for_copies=self.sweep_interval,
+                )
             except (RedisError, OSError) as error:
                 log.warning("cannot elect a primary for %s in %s: %s", path, vs, error)
                 return None
@@ -336,8 +400,11 @@ class FailoverRuntime:
         results = [result for result in await asyncio.gather(*map(one, paths)) if result]
         moved = sum(1 for result in results if result.changed)
         read_only = sum(1 for result in results if result.status == "none")
+        busy = sum(1 for result in results if result.status == "busy")
         log.warning(
-            "failover from %s: %d of %d repositories moved, %d read-only", node, moved, len(paths), read_only
+            "failover from %s: %d of %d repositories moved, %d read-only, %d waiting for a copy "
+            "into their new primary to end",
+            node, moved, len(paths), read_only, busy,
         )
         return results
 

@@ -1,9 +1,9 @@
 """The Lua scripts of health votes, elections and write acknowledgements.
 
-They work on the keys the replication plugin owns (the repository hash of
-:mod:`praefect.plugins.replication.state`) plus the health keys of
-:mod:`praefect.plugins.failover.keys`, all under one virtual storage's hash
-tag. A script that changes a repository publishes the change exactly like
+They work on the keys the replication plugin owns (the repository hash and
+its copy leases, see :mod:`praefect.plugins.replication.state`) plus the
+health keys of :mod:`praefect.plugins.failover.keys`, all under one virtual
+storage's hash tag. A script that changes a repository publishes the change exactly like
 the replication scripts do (their ``publish_change``), so every router's
 state cache follows it.
 
@@ -86,37 +86,55 @@ return cjson.encode({view = view, changes = changes, voters = voters, down = dow
 # current primary stays when it qualifies; otherwise the qualifying
 # candidate with the highest generation wins (ties: the earlier candidate).
 #
-# KEYS: repo, version, changes. ARGV: path, changes maxlen, expected primary
-# ('' for any), candidate...
+# A qualifying candidate with a copy running into it (an unexpired copy
+# lease, see the replication plugin's _TAKE_COPY_LEASE) is skipped: the copy
+# overwrites and prunes its refs, and would undo writes it took as primary.
+# When only such candidates qualify the answer is 'busy', not 'none': the
+# repository is not read-only, its election must wait until a copy ends.
+#
+# KEYS: repo, version, changes, copy leases. ARGV: path, changes maxlen,
+# expected primary ('' for any), candidate...
 # Returns {status, primary, version, state, primary's generation, repository
-# generation}; status is 'ok', 'unchanged', 'none' (no candidate qualifies),
-# 'conflict' (the primary is not the expected one) or 'untracked'.
+# generation, busy candidates (JSON list, '' unless 'busy'), ms until the
+# last of their leases expires (0 unless 'busy')}; status is 'ok',
+# 'unchanged', 'none' (no candidate qualifies), 'busy', 'conflict' (the
+# primary is not the expected one) or 'untracked'.
 _ELECT = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, '', -1, -1} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, '', -1, -1, '', 0} end
 local generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
 local acked = tonumber(redis.call('HGET', KEYS[1], 'acked') or generation)
 if acked > generation then acked = generation end
 local current = redis.call('HGET', KEYS[1], 'primary') or ''
 if ARGV[3] ~= '' and current ~= ARGV[3] then
-  return {'conflict', current, 0, '', -1, generation}
+  return {'conflict', current, 0, '', -1, generation, '', 0}
 end
 local assigned = {}
 for _, name in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'assigned') or '[]')) do
   assigned[name] = true
 end
+local leased = copy_leases(KEYS[4], redis_now_ms())
 local chosen, chosen_generation = nil, -1
+local busy, busy_for = {}, 0
 for i = 4, #ARGV do
   local name = ARGV[i]
   local g = tonumber(redis.call('HGET', KEYS[1], 'g:' .. name) or '-1')
   if assigned[name] and g >= acked then
-    if name == current then return {'unchanged', current, 0, '', g, generation} end
-    if g > chosen_generation then chosen, chosen_generation = name, g end
+    if name == current then return {'unchanged', current, 0, '', g, generation, '', 0} end
+    if leased[name] then
+      busy[#busy + 1] = name
+      if leased[name] > busy_for then busy_for = leased[name] end
+    elseif g > chosen_generation then
+      chosen, chosen_generation = name, g
+    end
   end
 end
-if chosen == nil then return {'none', current, 0, '', -1, generation} end
+if chosen == nil and #busy > 0 then
+  return {'busy', current, 0, '', -1, generation, cjson.encode(busy), busy_for}
+end
+if chosen == nil then return {'none', current, 0, '', -1, generation, '', 0} end
 redis.call('HSET', KEYS[1], 'primary', chosen)
 local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[2])
-return {'ok', chosen, version, state, chosen_generation, generation}
+return {'ok', chosen, version, state, chosen_generation, generation, '', 0}
 """
 
 # A write is about to be acknowledged: raise 'acked' to its generation, but

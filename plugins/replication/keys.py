@@ -62,6 +62,15 @@ class VirtualStorageKeys:
         """HASH intent id -> JSON of mutators forwarded but not yet recorded."""
         return f"{self.base}:intents"
 
+    def copy_leases(self, relative_path: str) -> str:
+        """ZSET of the copies running into replicas of one repository.
+
+        Member ``<lease id>:<target>``, score the lease's expiry in Redis
+        time (ms). Elections skip a target with an unexpired lease, so a node
+        is never made primary while ReplicateRepository may still overwrite it.
+        """
+        return f"{self.base}:copies:{relative_path}"
+
     def intent_lock(self, intent_id: str) -> str:
         """Short-lived lock taken by the router that resolves an intent."""
         return f"{self.base}:intent-lock:{intent_id}"

@@ -42,6 +42,27 @@ local function publish_change(version_key, changes_key, repo_key, path, maxlen)
   redis.call('XADD', changes_key, 'MAXLEN', '~', maxlen, '*', 'v', version, 'p', path, 'r', state)
   return version, state
 end
+
+-- Redis's clock in ms: leases never depend on the routers' clocks.
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The copy leases of a repository (a ZSET, member '<lease id>:<target>',
+-- score its expiry in ms): drops the expired ones and returns
+-- {target = ms until its last lease expires} for the others.
+local function copy_leases(lease_key, now)
+  redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+  local leased = {}
+  local flat = redis.call('ZRANGE', lease_key, 0, -1, 'WITHSCORES')
+  for i = 1, #flat, 2 do
+    local target = string.match(flat[i], '^[^:]*:(.*)$')
+    local left = tonumber(flat[i + 1]) - now
+    if target and (leased[target] == nil or left > leased[target]) then leased[target] = left end
+  end
+  return leased
+end
 """
 
 # Record a mutation (or track a repository): the generation bump, one event
@@ -187,14 +208,21 @@ return {1, wanted, version, state}
 # its generations mean other contents), and a target that is the primary
 # now (it became primary during the copy: nothing is raised, the caller
 # reports that the copy may have overwritten writes it took as primary).
+# The copy lease (see _TAKE_COPY_LEASE) makes that last case unreachable
+# while the lease holds; the check stays as a defence.
 #
-# KEYS: repo, version, changes, intents. ARGV: path, target, generation G,
-# maxlen, source, created_at at the plan ('' not checked).
+# The copy's lease (ARGV lease id, '' for none) is released first, whatever
+# the outcome: the copy is over, elections need not wait for it any more.
+#
+# KEYS: repo, version, changes, intents, copy leases. ARGV: path, target,
+# generation G, maxlen, source, created_at at the plan ('' not checked),
+# lease id.
 # Returns {status, target's generation, source's generation (-1: none),
 # version, state}; status 'raised', 'unchanged' (T already >= G),
 # 'untracked', 'recreated', 'target-primary', 'source-behind' (S's
 # generation was dropped or is below G) or 'source-in-flight'.
 _RAISE_AFTER_COPY = r"""
+if ARGV[7] ~= '' then redis.call('ZREM', KEYS[5], ARGV[7] .. ':' .. ARGV[2]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', -1, -1, 0, ''} end
 local path, target, wanted, source = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
 local have = tonumber(redis.call('HGET', KEYS[1], 'g:' .. target) or '-1')
@@ -222,6 +250,53 @@ local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], path, ARGV[4])
 return {'raised', wanted, source_has, version, state}
 """
 
+# A copy lease: taken by a worker before ReplicateRepository into a target
+# (a mirror fetch that overwrites and prunes the target's refs), released by
+# _RAISE_AFTER_COPY or _RELEASE_COPY_LEASE when the copy is over. While it
+# holds, no election or move makes the target primary, so the target takes
+# no write that the copy could then overwrite. Refused when the target is
+# the primary now: the two checks are atomic with each other, so either the
+# lease comes first (the election skips the target) or the election does
+# (the worker does not copy).
+#
+# Each copy has its own member ('<lease id>:<target>'), so a second worker
+# copying into the same target keeps its lease when the first releases its
+# own. The expiry is Redis time + ttl: a worker that dies mid-copy holds
+# elections back at most that long (the caller's ttl outlasts its call's
+# deadline, after which the node has stopped the copy).
+#
+# KEYS: repo, copy leases. ARGV: target, lease id, ttl ms.
+# Returns {status, expiry ms}; status 'leased', 'target-primary' or
+# 'untracked'.
+_TAKE_COPY_LEASE = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', 0} end
+if (redis.call('HGET', KEYS[1], 'primary') or '') == ARGV[1] then return {'target-primary', 0} end
+local now = redis_now_ms()
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[2] .. ':' .. ARGV[1])
+-- The set disappears on its own when its last lease expires.
+local left = redis.call('PTTL', KEYS[2])
+if left < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return {'leased', now + ttl}
+"""
+
+# KEYS: copy leases. ARGV: target, lease id. Returns 1 if the lease was held.
+_RELEASE_COPY_LEASE = r"""
+return redis.call('ZREM', KEYS[1], ARGV[2] .. ':' .. ARGV[1])
+"""
+
+# The copy leases that hold now. KEYS: copy leases.
+# Returns a flat list {target, ms left, ...}.
+_COPY_LEASES = r"""
+local result = {}
+for target, left in pairs(copy_leases(KEYS[1], redis_now_ms())) do
+  result[#result + 1] = target
+  result[#result + 1] = left
+end
+return result
+"""
+
 # Stop tracking a repository. KEYS: repo, repos, version, changes.
 # ARGV: path, maxlen. Returns {removed (0/1), version}.
 _REMOVE_REPOSITORY = r"""
@@ -231,12 +306,15 @@ local version = publish_change(KEYS[3], KEYS[4], KEYS[1], ARGV[1], ARGV[2])
 return {1, version}
 """
 
-# Compare-and-set of the primary. KEYS: repo, version, changes.
+# Compare-and-set of the primary. A new primary with a copy running into it
+# (an unexpired copy lease) is refused: the copy could overwrite the writes
+# it takes as primary.
+# KEYS: repo, version, changes, copy leases.
 # ARGV: path, expected ('' for any), new primary, maxlen, up to date ('1':
 # only if the new primary is at the repository's generation, else '').
 # Returns {status, primary, version, state}; status is 'ok', 'unchanged',
-# 'conflict' (primary is the current one), 'behind', 'untracked' or
-# 'not-assigned'.
+# 'conflict' (primary is the current one), 'behind', 'busy' (a copy into
+# the new primary is running), 'untracked' or 'not-assigned'.
 _SET_PRIMARY = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, ''} end
 local current = redis.call('HGET', KEYS[1], 'primary')
@@ -252,28 +330,38 @@ if ARGV[5] == '1' then
     return {'behind', current, 0, ''}
   end
 end
+if copy_leases(KEYS[4], redis_now_ms())[ARGV[3]] then return {'busy', current, 0, ''} end
 redis.call('HSET', KEYS[1], 'primary', ARGV[3])
 local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[4])
 return {'ok', ARGV[3], version, state}
 """
 
 # Failover of one repository: keep the current primary if it is a candidate
-# and up to date, else make the first up-to-date candidate primary.
-# KEYS: repo, version, changes. ARGV: path, maxlen, candidate... (healthy
-# nodes in order of preference). Returns {status, primary, version, state};
-# status 'ok', 'unchanged', 'none' (no up-to-date candidate) or 'untracked'.
+# and up to date, else make the first up-to-date candidate without a copy
+# running into it (copy lease) primary.
+# KEYS: repo, version, changes, copy leases. ARGV: path, maxlen,
+# candidate... (healthy nodes in order of preference).
+# Returns {status, primary, version, state}; status 'ok', 'unchanged',
+# 'none' (no up-to-date candidate), 'busy' (every up-to-date candidate is
+# being copied into) or 'untracked'.
 _ELECT_PRIMARY = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', 0, ''} end
 local generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
 local current = redis.call('HGET', KEYS[1], 'primary')
-local chosen = nil
+local leased = copy_leases(KEYS[4], redis_now_ms())
+local chosen, busy = nil, false
 for i = 3, #ARGV do
   local g = redis.call('HGET', KEYS[1], 'g:' .. ARGV[i])
   if g and tonumber(g) == generation then
     if ARGV[i] == current then return {'unchanged', current, 0, ''} end
-    if chosen == nil then chosen = ARGV[i] end
+    if leased[ARGV[i]] then
+      busy = true
+    elseif chosen == nil then
+      chosen = ARGV[i]
+    end
   end
 end
+if chosen == nil and busy then return {'busy', current, 0, ''} end
 if chosen == nil then return {'none', current, 0, ''} end
 redis.call('HSET', KEYS[1], 'primary', chosen)
 local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], ARGV[1], ARGV[2])
@@ -329,6 +417,9 @@ class Scripts:
     record_mutation: AsyncScript
     set_replica_generation: AsyncScript
     raise_after_copy: AsyncScript
+    take_copy_lease: AsyncScript
+    release_copy_lease: AsyncScript
+    copy_leases: AsyncScript
     remove_repository: AsyncScript
     set_primary: AsyncScript
     elect_primary: AsyncScript
@@ -341,6 +432,9 @@ class Scripts:
             record_mutation=client.register_script(_PRELUDE + _RECORD_MUTATION),
             set_replica_generation=client.register_script(_PRELUDE + _SET_REPLICA_GENERATION),
             raise_after_copy=client.register_script(_PRELUDE + _RAISE_AFTER_COPY),
+            take_copy_lease=client.register_script(_PRELUDE + _TAKE_COPY_LEASE),
+            release_copy_lease=client.register_script(_RELEASE_COPY_LEASE),
+            copy_leases=client.register_script(_PRELUDE + _COPY_LEASES),
             remove_repository=client.register_script(_PRELUDE + _REMOVE_REPOSITORY),
             set_primary=client.register_script(_PRELUDE + _SET_PRIMARY),
             elect_primary=client.register_script(_PRELUDE + _ELECT_PRIMARY),

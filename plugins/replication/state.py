@@ -8,6 +8,13 @@ A repository of a virtual storage is one hash, ``praefect:{vs}:repo:<path>``:
 - ``assigned``: JSON list (sorted) of the nodes that hold a replica;
 - ``version``: the virtual storage's state version at the last change.
 
+Next to it, ``praefect:{vs}:copies:<path>`` holds the *copy leases* of the
+repository: one per ReplicateRepository a worker is running into one of its
+replicas (:meth:`RepositoryStore.take_copy_lease`). No election or move of
+the primary picks a node with an unexpired lease: a copy overwrites and
+prunes the target's refs, so a node made primary in the middle of one could
+lose the writes it took as primary.
+
 A replica is up to date when its generation equals the repository's. Every
 change goes through one Lua script (``scripts.py``), so two routers never
 disagree, and appends the repository's new state to the virtual storage's
@@ -20,6 +27,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,6 +43,8 @@ from praefect.plugins.replication.keys import VirtualStorageKeys
 from praefect.plugins.replication.scripts import Scripts
 
 __all__ = [
+    "CopyLease",
+    "LeaseStatus",
     "MutationRecord",
     "PrimaryChange",
     "PrimaryCheck",
@@ -220,8 +230,10 @@ class PrimaryChange:
 
     ``status``: ``ok`` (changed), ``unchanged``, ``conflict`` (the primary
     was not the expected one), ``none`` (no up-to-date candidate),
-    ``behind`` (the new primary is not up to date), ``untracked`` or
-    ``not-assigned``; ``primary`` is the primary now.
+    ``behind`` (the new primary is not up to date), ``busy`` (a copy into
+    the new primary, or into every up-to-date candidate, is running: try
+    again when it ends), ``untracked`` or ``not-assigned``; ``primary`` is
+    the primary now.
     """
 
     status: str
@@ -230,6 +242,38 @@ class PrimaryChange:
     @property
     def changed(self) -> bool:
         return self.status == "ok"
+
+
+class LeaseStatus(enum.Enum):
+    """What :meth:`RepositoryStore.take_copy_lease` did."""
+
+    #: the lease holds: no election makes the target primary until it is released or expires
+    LEASED = "leased"
+    #: refused: the target is the repository's primary now (nothing may be copied into it)
+    TARGET_PRIMARY = "target-primary"
+    #: refused: the repository is not tracked
+    UNTRACKED = "untracked"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyLease:
+    """A copy lease on (repository, target), or the refusal of one.
+
+    ``lease_id`` is this copy's own token: releasing it never drops the
+    lease of another copy into the same target. ``expires_ms``: Redis time
+    (ms) at which the lease stops holding elections back (0 when refused).
+    """
+
+    status: LeaseStatus
+    virtual_storage: str
+    relative_path: str
+    target: str
+    lease_id: str = ""
+    expires_ms: int = 0
+
+    @property
+    def granted(self) -> bool:
+        return self.status is LeaseStatus.LEASED
 
 
 class RaiseStatus(enum.Enum):
@@ -519,6 +563,51 @@ class RepositoryStore:
             return True
         return False
 
+    async def take_copy_lease(
+        self, virtual_storage: str, relative_path: str, target: str, *, ttl: float
+    ) -> CopyLease:
+        """Before a copy into ``target``: hold its elections back for at most ``ttl`` seconds.
+
+        Refused (``granted`` False) when ``target`` is the primary now or the
+        repository is not tracked. Release it with :meth:`raise_after_copy`
+        (``lease=``) or :meth:`release_copy_lease` when the copy is over;
+        ``ttl`` must outlast the copy's deadline, so that a holder that dies
+        mid-copy cannot leave a target electable while the node still copies.
+        """
+        keys = self.keys(virtual_storage)
+        lease_id = uuid.uuid4().hex
+        status, expires = await self.scripts.take_copy_lease(
+            keys=[keys.repository(relative_path), keys.copy_leases(relative_path)],
+            args=[target, lease_id, max(1, round(ttl * 1000))],
+        )
+        lease_status = LeaseStatus(str(status))
+        return CopyLease(
+            lease_status,
+            virtual_storage,
+            relative_path,
+            target,
+            lease_id if lease_status is LeaseStatus.LEASED else "",
+            int(expires),
+        )
+
+    async def release_copy_lease(self, lease: CopyLease) -> bool:
+        """Release ``lease`` (only this one); True if it still held. Idempotent."""
+        if not lease.granted:
+            return False
+        keys = self.keys(lease.virtual_storage)
+        released = await self.scripts.release_copy_lease(
+            keys=[keys.copy_leases(lease.relative_path)], args=[lease.target, lease.lease_id]
+        )
+        return bool(int(released))
+
+    async def copy_leases(self, virtual_storage: str, relative_path: str) -> dict[str, float]:
+        """Targets with a copy running into them now -> seconds until their last lease expires."""
+        keys = self.keys(virtual_storage)
+        flat = await self.scripts.copy_leases(keys=[keys.copy_leases(relative_path)], args=[])
+        return {
+            str(flat[i]): int(flat[i + 1]) / 1000 for i in range(0, len(flat), 2)
+        }
+
     async def raise_after_copy(
         self,
         virtual_storage: str,
@@ -528,6 +617,7 @@ class RepositoryStore:
         *,
         source: str,
         created_at: float = 0.0,
+        lease: CopyLease | None = None,
     ) -> ReplicaRaise:
         """After a copy from ``source``: raise ``target`` to ``generation`` if the copy counts.
 
@@ -538,13 +628,23 @@ class RepositoryStore:
         it held no refused write), ``source`` has no write in flight on the
         repository unless it is the primary, the repository was not created
         again and ``target`` is not the primary. Never lowers a generation.
+        ``lease``: the copy's lease, released in the same call whatever the
+        outcome.
         """
+        if lease is not None and (lease.virtual_storage, lease.relative_path, lease.target) != (
+            virtual_storage, relative_path, target
+        ):
+            raise ValueError(f"{lease} is not a lease on a copy of {relative_path!r} into {target}")
         keys = self.keys(virtual_storage)
         status, now, source_now, version, state = await self.scripts.raise_after_copy(
-            keys=[keys.repository(relative_path), keys.version, keys.changes, keys.intents],
+            keys=[
+                keys.repository(relative_path), keys.version, keys.changes, keys.intents,
+                keys.copy_leases(relative_path),
+            ],
             args=[
                 relative_path, target, generation, self.changes_maxlen, source,
                 repr(created_at) if created_at else "",
+                lease.lease_id if lease is not None else "",
             ],
         )
         result = ReplicaRaise(RaiseStatus(str(status)), int(now), int(source_now))
@@ -583,10 +683,15 @@ class RepositoryStore:
         ``up_to_date``: only if ``new_primary``'s replica is at the
         repository's generation when the primary changes (status ``behind``
         otherwise), so a write recorded after the caller looked is not lost.
+        A copy running into ``new_primary`` (a copy lease) refuses the move
+        with status ``busy``: try again when it ends.
         """
         keys = self.keys(virtual_storage)
         status, primary, version, state = await self.scripts.set_primary(
-            keys=[keys.repository(relative_path), keys.version, keys.changes],
+            keys=[
+                keys.repository(relative_path), keys.version, keys.changes,
+                keys.copy_leases(relative_path),
+            ],
             args=[
                 relative_path, expected or "", new_primary, self.changes_maxlen,
                 "1" if up_to_date else "",
@@ -603,11 +708,17 @@ class RepositoryStore:
 
         ``candidates`` are the healthy nodes in order of preference. Status
         ``none`` means no candidate is up to date: the repository is
-        read-only until ``accept-dataloss`` or the primary returns.
+        read-only until ``accept-dataloss`` or the primary returns. A
+        candidate with a copy running into it is skipped; ``busy`` means
+        every up-to-date candidate is being copied into (try again when a
+        copy ends).
         """
         keys = self.keys(virtual_storage)
         status, primary, version, state = await self.scripts.elect_primary(
-            keys=[keys.repository(relative_path), keys.version, keys.changes],
+            keys=[
+                keys.repository(relative_path), keys.version, keys.changes,
+                keys.copy_leases(relative_path),
+            ],
             args=[relative_path, self.changes_maxlen, *candidates],
         )
         if status == "ok":

@@ -19,6 +19,13 @@ consumer name per router (or per ``praefect replicate`` process):
    the source's generation was dropped during the copy (it held a refused
    write that the copy may have taken), the target is left as it was and
    the event is retried, planned again from the state then.
+   The copy runs under a *copy lease* on (repository, target)
+   (:meth:`RepositoryStore.take_copy_lease`): taken atomically with the
+   check that the target is not the primary, released by the raise (or on
+   any failure), it keeps every election from making the target primary
+   while the copy may still overwrite its refs. Its expiry (the call's
+   deadline plus ``lease_slack``) bounds how long a worker that died
+   mid-copy holds those elections back.
 3. Failure: the newest event is appended again with ``attempt + 1`` and a
    ``not_before`` (exponential backoff with jitter) while the originals are
    acknowledged, in one MULTI; after ``max_attempts`` it goes to the
@@ -72,6 +79,8 @@ from praefect.plugins.replication.redis_io import (
     raise_if_cancelling,
 )
 from praefect.plugins.replication.state import (
+    CopyLease,
+    LeaseStatus,
     RaiseStatus,
     ReplicaRaise,
     RepositoryMetadata,
@@ -104,6 +113,10 @@ class WorkerSettings:
     block: float = 2.0
     #: deadline of ReplicateRepository / RemoveRepository
     call_timeout: float = 300.0
+    #: a copy lease lasts ``call_timeout`` plus this: it must outlast the
+    #: copy on the node (which stops at the call's deadline) even when the
+    #: worker that holds it dies and never releases it
+    lease_slack: float = 10.0
     #: repositories replicated at the same time to one target
     concurrency: int = 4
     trim_interval: float = 10.0
@@ -543,43 +556,78 @@ class ReplicationWorker:
             self.stats.skipped += 1
             return "skipped (the repository was created again since)"
         if metadata.primary == self.target:
-            # Queued while the target was a secondary, replayed after a
-            # failover made it the primary: a copy into it would overwrite
-            # the writes it has taken as primary. Its own generation says
-            # what it has; the others replicate from it.
-            self.stats.skipped += 1
-            log.info(
-                "%r: not replicating %s into %s: it is the primary now (event of generation %d)",
-                self, event.relative_path, self.target, event.generation,
-            )
-            return "skipped: target is now the primary"
+            return self._skip_primary(event)
         current = metadata.replica_generation(self.target)
         if current >= 0 and current >= event.generation:
             self.stats.skipped += 1
             return "skipped (already at the generation)"
         source = self._choose_source(metadata, event)
         source_generation = metadata.replica_generation(source)
-        self.stats.replicate_calls += 1
-        with node_call_span(REPLICATE_REPOSITORY, event.virtual_storage, self.target) as span:
-            span.set_attribute("praefect.source", source)
-            await self.nodes.replicate(
-                event.virtual_storage,
-                event.relative_path,
-                source=source,
-                target=self.target,
-                deadline=self.settings.call_timeout,
-            )
-        # The source actually used (maybe not the event's) must still vouch
-        # for the copy: see RepositoryStore.raise_after_copy.
-        result = await self.store.raise_after_copy(
+        # No election makes the target primary while the copy may still
+        # overwrite its refs; refused if one already did since the read above.
+        lease = await self.store.take_copy_lease(
             event.virtual_storage,
             event.relative_path,
             self.target,
-            source_generation,
-            source=source,
-            created_at=metadata.created_at,
+            ttl=self.settings.call_timeout + self.settings.lease_slack,
         )
+        if lease.status is LeaseStatus.TARGET_PRIMARY:
+            return self._skip_primary(event)
+        if not lease.granted:
+            self.stats.skipped += 1
+            return "skipped (no longer tracked)"
+        released = False
+        try:
+            self.stats.replicate_calls += 1
+            with node_call_span(REPLICATE_REPOSITORY, event.virtual_storage, self.target) as span:
+                span.set_attribute("praefect.source", source)
+                await self.nodes.replicate(
+                    event.virtual_storage,
+                    event.relative_path,
+                    source=source,
+                    target=self.target,
+                    deadline=self.settings.call_timeout,
+                )
+            # The source actually used (maybe not the event's) must still vouch
+            # for the copy: see RepositoryStore.raise_after_copy. The same call
+            # releases the lease.
+            result = await self.store.raise_after_copy(
+                event.virtual_storage,
+                event.relative_path,
+                self.target,
+                source_generation,
+                source=source,
+                created_at=metadata.created_at,
+                lease=lease,
+            )
+            released = True
+        finally:
+            if not released:
+                await self._release(lease)
         return self._copied(event, source, source_generation, result)
+
+    def _skip_primary(self, event: ReplicationEvent) -> str:
+        # Queued while the target was a secondary, replayed after a failover
+        # made it the primary: a copy into it would overwrite the writes it
+        # has taken as primary. Its own generation says what it has; the
+        # others replicate from it.
+        self.stats.skipped += 1
+        log.info(
+            "%r: not replicating %s into %s: it is the primary now (event of generation %d)",
+            self, event.relative_path, self.target, event.generation,
+        )
+        return "skipped: target is now the primary"
+
+    async def _release(self, lease: CopyLease) -> None:
+        """Release the lease of a copy that failed, so elections need not wait for its expiry."""
+        try:
+            await self.store.release_copy_lease(lease)
+        except (RedisError, OSError) as error:
+            log.warning(
+                "%r: cannot release the copy lease on %s (%s); elections of %s wait until it "
+                "expires",
+                self, lease.relative_path, error, self.target,
+            )
 
     def _copied(
         self, event: ReplicationEvent, source: str, generation: int, result: ReplicaRaise
@@ -591,8 +639,10 @@ class ReplicationWorker:
         if result.status is RaiseStatus.UNTRACKED:
             return f"replicated from {source}; not raised: the repository is no longer tracked"
         if result.status is RaiseStatus.TARGET_PRIMARY:
-            # Checked just before the call, so the target was elected while
-            # the copy ran: whatever it took as primary meanwhile may be gone.
+            # A defence: the copy lease keeps every election and move from
+            # picking the target while the copy runs, so this needs a lease
+            # that expired mid-copy or a change of primary that ignores
+            # leases. Then whatever it took as primary may be gone.
             log.error(
                 "%r: %s became the primary of %s while it was being replicated from %s; "
                 "writes it took as primary during the copy may have been overwritten",

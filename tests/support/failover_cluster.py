@@ -97,6 +97,9 @@ class FailoverCluster:
     store: RepositoryStore = field(init=False)
     votes: HealthVotes = field(init=False)
     processes: list[ServerProcess] = field(default_factory=list)
+    #: node name -> the address routers and commands use instead of the node's own
+    #: (a proxy in front of it)
+    addresses: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = RepositoryStore(self.client)
@@ -106,7 +109,7 @@ class FailoverCluster:
 
     def settings_mapping(self, **failover: Any) -> dict[str, Any]:
         return router_settings_mapping(
-            {name: node.address for name, node in self.nodes.items()},
+            {name: self.addresses.get(name, node.address) for name, node in self.nodes.items()},
             primary=self.primary,
             node_tokens=dict.fromkeys(self.nodes, NODE_TOKEN),
             redis={"url": self.redis.url},
