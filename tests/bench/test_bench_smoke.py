@@ -41,3 +41,17 @@ def test_short_benchmark_completes_and_prints_ratios() -> None:
     for setup in ("off", "recorded", "console", "otlp"):
         row = rf"^RepositoryExists +16 +{setup} +\d+ +[\d.]+ +[\d.]+ +\d+\.\d\d +\d+ +\d+\.\d\d$"
         assert re.search(row, out, re.MULTILINE), f"no tracing row for {setup!r}:\n{out}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_child_watcher_benchmark_completes_and_prints_ratios() -> None:
+    result = run_short_benchmark("child_watcher.py", within=90)
+
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr[-3000:]}"
+    out = result.stdout
+    assert out.startswith("machine: "), out
+    for callers in ("1 caller", "32 callers"):
+        for figure in ("calls/s", "node CPU us/call"):
+            row = rf"^{callers}, {figure} +\d+ +\d+ +{RATIO}$"
+            assert re.search(row, out, re.MULTILINE), f"no ratio line for {callers}, {figure}:\n{out}"
