@@ -124,6 +124,8 @@ class ReplicationConfig:
     max_attempts: int
     batch_size: int
     claim_idle: float = 60.0
+    call_timeout: float = 300.0
+    concurrency: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,8 @@ class Config:
                 "max_attempts": self.replication.max_attempts,
                 "batch_size": self.replication.batch_size,
                 "claim_idle": self.replication.claim_idle,
+                "call_timeout": self.replication.call_timeout,
+                "concurrency": self.replication.concurrency,
             },
             "failover": {
                 "enabled": self.failover.enabled,

@@ -410,6 +410,23 @@ SCHEMA: Final[tuple[Key | Table, ...]] = (
         minimum=0,
         exclusive_minimum=True,
     ),
+    Key(
+        "replication.call_timeout",
+        "float",
+        "seconds one copy (ReplicateRepository) into a node may take before it fails and is "
+        "retried; raise it when the first copy of your largest repository takes longer. A "
+        "replica being copied into cannot become primary until its copy ends or this runs out",
+        default=300.0,
+        minimum=0,
+        exclusive_minimum=True,
+    ),
+    Key(
+        "replication.concurrency",
+        "int",
+        "repositories each replication worker copies into its node at the same time",
+        default=4,
+        minimum=1,
+    ),
     Table("failover", "health checks and primary failover"),
     Key(
         "failover.enabled",

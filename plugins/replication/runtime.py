@@ -238,6 +238,8 @@ class ReplicationRuntime:
                 batch_size=settings.replication.batch_size,
                 max_attempts=settings.replication.max_attempts,
                 claim_idle=settings.replication.claim_idle,
+                call_timeout=settings.replication.call_timeout,
+                concurrency=settings.replication.concurrency,
                 target_probe_interval=TARGET_PROBE_INTERVAL,
             )
             self.workers = WorkerPool(

@@ -123,15 +123,20 @@ async def test_routers_hold_events_for_a_target_that_is_down(redis_server: Embed
     assert WorkerSettings().target_probe_interval == 0, "off for a bare worker"
     nodes = {name: f"tcp://127.0.0.1:{9 + index}" for index, name in enumerate(NAMES)}
     settings = Config.from_mapping(
-        router_settings_mapping(nodes, redis={"url": redis_server.url}, replication={"claim_idle": 7})
+        router_settings_mapping(
+            nodes,
+            redis={"url": redis_server.url},
+            replication={"claim_idle": 7, "call_timeout": 900, "concurrency": 2},
+        )
     )
     runtime = ReplicationRuntime(settings, options=RuntimeOptions(intents=False))
     await runtime.start()
     try:
         assert runtime.workers is not None
         worker_settings = {worker.settings for worker in runtime.workers.workers}
-        assert {(s.target_probe_interval, s.claim_idle) for s in worker_settings} == {
-            (TARGET_PROBE_INTERVAL, 7.0)
-        }
+        assert {
+            (s.target_probe_interval, s.claim_idle, s.call_timeout, s.concurrency)
+            for s in worker_settings
+        } == {(TARGET_PROBE_INTERVAL, 7.0, 900.0, 2)}
     finally:
         await runtime.stop()
