@@ -29,6 +29,7 @@ def _register_commands() -> None:
         plugins_cmd,
         replication_cmd,
         serve_cmd,
+        storages_cmd,
     )
 
 
