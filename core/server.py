@@ -5,16 +5,15 @@ router (plugins, node channels), registers the services the router answers
 itself and the forwarding handler, runs the ``startup`` hooks and listens;
 ``shutdown()`` stops accepting calls, lets the calls in flight finish within
 ``server.graceful_stop_timeout``, runs the ``shutdown`` hooks and closes the
-node channels; ``serve()`` does both around SIGTERM/SIGINT. Tests use it as
-an async context manager.
+node channels; ``serve()`` does both around SIGTERM/SIGINT
+(:class:`praefect.core.lifecycle.Server`). Tests use it as an async context
+manager.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 from grpc import aio
@@ -22,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from praefect.core import server_service
 from praefect.core.keepalive import SERVER_KEEPALIVE_OPTIONS
-from praefect.core.lifecycle import serve_until_stopped
+from praefect.core.lifecycle import Server
 from praefect.core.local_services import ServiceRegistrar
 from praefect.core.proxy import ProxyHandler
 from praefect.core.router import Router
@@ -44,8 +43,10 @@ def server_options(config: RouterConfig) -> list[tuple[str, Any]]:
     ]
 
 
-class RouterServer:
+class RouterServer(Server[RouterConfig]):
     """One router: a ``grpc.aio`` server around a :class:`Router`."""
+
+    kind = "router"
 
     def __init__(
         self,
@@ -54,14 +55,12 @@ class RouterServer:
         extra_plugins: Sequence[tuple[str, object]] = (),
         load_entry_points: bool = True,
     ) -> None:
-        self.config = config
+        super().__init__(config)
         self._extra_plugins = tuple(extra_plugins)
         self._load_entry_points = load_entry_points
         self.router: Router | None = None
         self.server: aio.Server | None = None
-        self.bound_addr: str | None = None
         self.health = health.aio.HealthServicer()
-        self._stopping = asyncio.Event()
 
     async def startup(self) -> None:
         router = Router(
@@ -109,38 +108,19 @@ class RouterServer:
         self.server = None
         if server is not None:
             await self.health.enter_graceful_shutdown()
-            await server.stop(self.config.graceful_stop_timeout if grace is None else grace)
+            await server.stop(self.grace_period(grace))
         if router is not None:
             await router.stash[TELEMETRY].stop()
             await router.hooks.shutdown(router)
             await router.close()
             self.router = None
 
-    async def serve(self) -> None:
-        """Start, print the listening line, and run until SIGTERM or SIGINT."""
-        await serve_until_stopped(
-            "router",
-            startup=self.startup,
-            shutdown=self.shutdown,
-            bound_addr=lambda: self.bound_addr,
-            stopping=self._stopping,
-            install_signal_handlers=self.config.install_signal_handlers,
-            stop_message="stopping: new calls are refused; calls in flight have "
-            f"{self.config.graceful_stop_timeout:.1f} s to finish",
+    @property
+    def install_signal_handlers(self) -> bool:
+        return self.config.install_signal_handlers
+
+    def stop_message(self) -> str:
+        return (
+            "stopping: new calls are refused; calls in flight have "
+            f"{self.config.graceful_stop_timeout:.1f} s to finish"
         )
-
-    def request_stop(self) -> None:
-        """Make ``serve()`` stop gracefully, as SIGTERM does."""
-        self._stopping.set()
-
-    async def __aenter__(self) -> RouterServer:
-        await self.startup()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown(grace=0)

@@ -1,21 +1,21 @@
 """The gateway server: lifecycle around the aiohttp application.
 
 Like the node and the router, `GatewayServer` has `startup()`, `serve()`
-and `shutdown()`, stops on SIGTERM/SIGINT after letting transfers in flight
-finish (up to the grace period), and is an async context manager for tests.
-It does not wait for the router at start: until the router answers, git
-gets 503 with a message that says so.
+and `shutdown()` (:class:`praefect.core.lifecycle.Server`), stops on
+SIGTERM/SIGINT after letting transfers in flight finish (up to the grace
+period), and is an async context manager for tests, whose exit cancels the
+transfers still running. It does not wait for the router at start: until
+the router answers, git gets 503 with a message that says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
 
 from aiohttp import web
 
-from praefect.core.lifecycle import serve_until_stopped
+from praefect.core.lifecycle import Server
 from praefect.gateway.app import ACCESS_LOG_FORMAT, make_app
 from praefect.gateway.config import GatewayConfig
 from praefect.gateway.router import RouterClient
@@ -23,14 +23,18 @@ from praefect.gateway.router import RouterClient
 log = logging.getLogger("praefect.gateway")
 access_log = logging.getLogger("praefect.gateway.access")
 
+#: aiohttp reads a shutdown timeout of 0 as "no limit": the least wait it
+#: takes as a limit, for a grace period of 0 (cancel the transfers at once)
+_NO_WAIT = 1e-6
 
-class GatewayServer:
+
+class GatewayServer(Server[GatewayConfig]):
+    kind = "gateway"
+
     def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self.bound_addr: str | None = None
+        super().__init__(config)
         self._router: RouterClient | None = None
         self._runner: web.AppRunner | None = None
-        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -44,7 +48,6 @@ class GatewayServer:
             make_app(self.config, self._router),
             access_log=access_log,
             access_log_format=ACCESS_LOG_FORMAT,
-            shutdown_timeout=self.config.graceful_stop_timeout,
             # gateway.body inflates gzip itself, in bounded pieces, and
             # refuses other encodings with a message git shows.
             auto_decompress=False,
@@ -55,7 +58,7 @@ class GatewayServer:
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError:
-            await self.shutdown()
+            await self.shutdown(grace=0)
             raise
         bound_port = runner.addresses[0][1]
         self.bound_addr = f"[{host}]:{bound_port}" if ":" in host else f"{host}:{bound_port}"
@@ -71,40 +74,39 @@ class GatewayServer:
             self.config.storage,
         )
 
-    async def shutdown(self) -> None:
-        """Stop listening, let transfers in flight finish (up to the grace
-        period, then cancel them), and close the router channel."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop listening, let transfers in flight finish (up to ``grace``
+        seconds, then cancel them), and close the router channel."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await _end_connections(runner, self.grace_period(grace))
+            await runner.cleanup()
         if self._router is not None:
             await self._router.close()
             self._router = None
 
-    async def serve(self) -> None:
-        """Start, print the bound address, and run until SIGTERM or SIGINT."""
-        await serve_until_stopped(
-            "gateway",
-            startup=self.startup,
-            shutdown=self.shutdown,
-            bound_addr=lambda: self.bound_addr,
-            stopping=self._stopping,
-            stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
-            "for transfers in flight",
+    def stop_message(self) -> str:
+        return (
+            f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
+            "for transfers in flight"
         )
 
-    def stop(self) -> None:
-        """Make `serve()` return (as SIGTERM does)."""
-        self._stopping.set()
 
-    async def __aenter__(self) -> GatewayServer:
-        await self.startup()
-        return self
+async def _end_connections(runner: web.AppRunner, grace: float) -> None:
+    """Stop listening and end every connection within ``grace`` seconds.
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
+    The first steps of ``runner.cleanup()`` (stop the sites, close idle
+    connections, wait for the requests in flight, cancel the rest), with
+    this stop's grace period: the runner's own ``shutdown_timeout`` is fixed
+    when it is built. ``runner.cleanup()`` then finds no connection to wait for.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    if server is None:
+        return
+    # As aiohttp does: requests accepted before the sites stopped start
+    # being handled before the idle connections are closed.
+    await asyncio.sleep(0)
+    server.pre_shutdown()
+    await server.shutdown(max(grace, _NO_WAIT))

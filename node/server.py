@@ -1,17 +1,16 @@
 """The storage node server: configuration and lifecycle.
 
 `NodeServerConfig` is plain data; `NodeServer` owns the grpc.aio server and
-has the uvicorn-style lifecycle `startup()`, `serve()`, `shutdown()`. Tests
-use it as an async context manager.
+has the uvicorn-style lifecycle `startup()`, `serve()`, `shutdown()`
+(:class:`praefect.core.lifecycle.Server`). Tests use it as an async context
+manager.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from praefect.core import __version__
 from praefect.core.child_watcher import use_pidfd_child_watcher
 from praefect.core.keepalive import SERVER_KEEPALIVE_OPTIONS
-from praefect.core.lifecycle import serve_until_stopped
+from praefect.core.lifecycle import Server
 from praefect.node.auth import TokenAuthInterceptor
 from praefect.node.context import NodeContext
 from praefect.node.git import run_git
@@ -66,13 +65,13 @@ def node_server_options(config: NodeServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-class NodeServer:
+class NodeServer(Server[NodeServerConfig]):
+    kind = "node"
+
     def __init__(self, config: NodeServerConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.server: aio.Server | None = None
-        self.bound_addr: str | None = None
         self.health = health.aio.HealthServicer()
-        self._stopping = asyncio.Event()
 
     async def startup(self) -> None:
         # git runs for nearly every call: no thread per git process (Python 3.11)
@@ -112,37 +111,21 @@ class NodeServer:
         if self.server is None:
             return
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.config.graceful_stop_timeout if grace is None else grace)
+        await self.server.stop(self.grace_period(grace))
         self.server = None
         # Only after the stop: replications in flight use them until they end.
         # They are the event loop's, and a loop serves one node outside tests.
         await close_source_channels()
 
+    def stop_message(self) -> str:
+        return (
+            f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s for calls in flight"
+        )
+
     async def serve(self) -> None:
-        """Start, print the bound address, and run until SIGTERM or SIGINT."""
+        """Set up the process's tracing and logging, then serve (see :class:`Server`)."""
         flush_telemetry = setup_node_process(self.config.tracing, self.config.log_format)
         try:
-            await serve_until_stopped(
-                "node",
-                startup=self.startup,
-                shutdown=self.shutdown,
-                bound_addr=lambda: self.bound_addr,
-                stopping=self._stopping,
-                stop_message=f"stopping: waiting up to {self.config.graceful_stop_timeout:.0f} s "
-                "for calls in flight",
-            )
+            await super().serve()
         finally:
             flush_telemetry()
-
-    async def __aenter__(self) -> NodeServer:
-        await self.startup()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown(grace=0)
-

@@ -12,11 +12,12 @@ leases of :mod:`praefect.plugins.replication.state`). ``failover`` and
 ``accept-dataloss`` wait a few seconds for such a copy to end, then refuse
 with a message that says so: copies are usually short, and an operator's
 command should neither hang on a long one nor move the primary under it.
+The moves and their checks are :mod:`praefect.plugins.failover.moves`;
+this module reads the command line and prints.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,21 +34,12 @@ from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.redis_access import FAILURE, fail, run_on_redis
 from praefect.plugins.failover.election import Elector
+from praefect.plugins.failover.moves import DEFAULT_COPY_WAIT, Move, PrimaryMover, count_changes
 from praefect.plugins.failover.votes import HealthVotes, NodeView
-from praefect.plugins.replication.state import (
-    PrimaryChange,
-    PrimaryMoved,
-    RepositoryMetadata,
-    RepositoryStore,
-)
+from praefect.plugins.replication.state import PrimaryChange, RepositoryMetadata, RepositoryStore
 from praefect.settings import Config
 
 T = TypeVar("T")
-
-#: seconds a command waits, in all, for copies into the new primary to end
-DEFAULT_COPY_WAIT = 10.0
-_COPY_POLL_FIRST = 0.02
-_COPY_POLL_MAX = 0.5
 
 # Typed names for the shared group and option (mypy run on file paths cannot
 # follow the editable install's praefect.* imports and would see Any).
@@ -59,7 +51,15 @@ config_option: Callable[[Callable[..., None]], Callable[..., None]] = _config_op
 class _Redis:
     store: RepositoryStore
     votes: HealthVotes
-    elector: Elector
+    mover: PrimaryMover
+
+
+def _say_copy_wait(path: str, target: str, seconds: float) -> None:
+    click.echo(
+        f"{path}: a copy (replication) into {target} is running; waiting up to "
+        f"{seconds:.1f} s for it to end",
+        err=True,
+    )
 
 
 def _run(settings: Config, work: Callable[[_Redis], Awaitable[T]]) -> T:
@@ -68,7 +68,8 @@ def _run(settings: Config, work: Callable[[_Redis], Awaitable[T]]) -> T:
     async def with_state(client: aioredis.Redis) -> T:
         store = RepositoryStore(client)
         votes = HealthVotes(client, window=settings.failover.vote_window)
-        return await work(_Redis(store, votes, Elector(store, votes.scripts)))
+        mover = PrimaryMover(Elector(store, votes.scripts), on_copy_wait=_say_copy_wait)
+        return await work(_Redis(store, votes, mover))
 
     return run_on_redis(settings, with_state)
 
@@ -91,10 +92,6 @@ def _node(settings: Config, vs: str, name: str) -> str:
     return name
 
 
-def _changes(count: int) -> str:
-    return f"{count} change{'' if count == 1 else 's'}"
-
-
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
@@ -102,6 +99,12 @@ def _console() -> Console:
 _VS_OPTION = click.option(
     "--virtual-storage", "virtual_storage", metavar="NAME",
     help="The virtual storage (needed when several are configured).",
+)
+
+
+_PATH_OPTION = click.option(
+    "--relative-path", "relative_path", required=True, metavar="PATH",
+    help="The repository's relative path.",
 )
 
 
@@ -114,57 +117,6 @@ _COPY_WAIT_OPTION = click.option(
 
 
 # ------------------------------------------------------------- failover
-
-
-@dataclass(frozen=True, slots=True)
-class _Move:
-    path: str
-    before: str
-    result: str
-    refused: bool = False
-    #: refused because a copy into the target was still running
-    busy: bool = False
-
-
-def _busy_result(target: str) -> str:
-    return (
-        f"refused: a copy (replication) into {target} is still running, and {target} cannot "
-        "become primary before it ends; run again in a moment"
-    )
-
-
-async def _set_primary_after_copies(
-    redis: _Redis,
-    vs: str,
-    path: str,
-    target: str,
-    *,
-    expected: str | None,
-    up_to_date: bool,
-    until: float,
-) -> PrimaryChange:
-    """set_primary; while it is ``busy`` (a copy into ``target`` runs), again until ``until``.
-
-    ``until`` is a ``time.monotonic()`` value. Prints once to stderr that it waits.
-    """
-    change = await redis.store.set_primary(vs, path, target, expected=expected, up_to_date=up_to_date)
-    if change.status != "busy" or until <= time.monotonic():
-        return change
-    click.echo(
-        f"{path}: a copy (replication) into {target} is running; waiting up to "
-        f"{until - time.monotonic():.1f} s for it to end",
-        err=True,
-    )
-    delay = _COPY_POLL_FIRST
-    while (left := until - time.monotonic()) > 0:
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, _COPY_POLL_MAX)
-        change = await redis.store.set_primary(
-            vs, path, target, expected=expected, up_to_date=up_to_date
-        )
-        if change.status != "busy":
-            return change
-    return change
 
 
 @main.command("failover")
@@ -202,7 +154,7 @@ def failover_command(
     vs = _virtual_storage(settings, virtual_storage)
     _node(settings, vs, target)
 
-    async def move_all(redis: _Redis) -> list[_Move]:
+    async def move_all(redis: _Redis) -> list[Move]:
         until = time.monotonic() + copy_wait
         view = await redis.votes.view(vs)
         state = view.get(target)
@@ -218,7 +170,7 @@ def failover_command(
         else:
             repositories = list(await redis.store.list_repositories(vs))
         return [
-            await _move(redis, repo, target, force, copy_wait_until=until)
+            await redis.mover.move(repo, target, force=force, copy_wait_until=until)
             for repo in repositories
             if repo is not None
         ]
@@ -235,7 +187,7 @@ def failover_command(
     console = _console()
     console.print(table)
     refused = [move for move in moves if move.refused]
-    moved = sum(1 for move in moves if move.result.startswith(("moved", "forced")))
+    moved = sum(1 for move in moves if move.moved)
     console.print(f"{moved} moved, {len(refused)} refused, {len(moves) - moved - len(refused)} unchanged.")
     if refused:
         if any(not move.busy for move in refused):
@@ -252,77 +204,13 @@ def failover_command(
         raise SystemExit(FAILURE)
 
 
-async def _move(
-    redis: _Redis,
-    repo: RepositoryMetadata,
-    target: str,
-    force: bool,
-    *,
-    copy_wait_until: float | None = None,
-) -> _Move:
-    """Move one repository's primary to ``target``; wait for copies into it until ``copy_wait_until``."""
-    vs, path, before = repo.virtual_storage, repo.relative_path, repo.primary
-    until = time.monotonic() + DEFAULT_COPY_WAIT if copy_wait_until is None else copy_wait_until
-    if before == target:
-        return _Move(path, before, "already the primary")
-    if target not in repo.assigned:
-        return _Move(path, before, f"refused: {target} holds no replica (not assigned)", True)
-    have = repo.replica_generation(target)
-    if have < 0:
-        return _Move(path, before, f"refused: {target} has no replica yet", True)
-    behind = repo.generation - have
-    if behind > 0 and not force:
-        return _Move(
-            path, before,
-            f"refused: {target} is behind by {_changes(behind)}, which would be lost", True,
-        )
-    # The move itself checks that the target is still up to date: a write
-    # recorded since the read above must not be lost without --force. It
-    # also refuses a target with a copy running into it.
-    change = await _set_primary_after_copies(
-        redis, vs, path, target, expected=before, up_to_date=not force, until=until
-    )
-    if change.status == "busy":
-        return _Move(path, before, _busy_result(target), refused=True, busy=True)
-    if change.status == "conflict":
-        return _Move(path, before, f"refused: the primary changed meanwhile to {change.primary}; run again", True)
-    if change.status == "behind":
-        return _Move(
-            path, before,
-            f"refused: {target} fell behind meanwhile (a write was recorded); run again", True,
-        )
-    if not change.changed:
-        return _Move(path, before, f"refused: {change.status}", True)
-    # Read again: with --force, what the target lacks is what it lacks now.
-    after = await redis.store.get(vs, path)
-    lost = 0 if after is None else after.generation - after.replica_generation(target)
-    if lost <= 0:
-        return _Move(path, before, "moved")
-    try:
-        record = await redis.store.set_authoritative(vs, path, target, only_if_primary=True)
-    except PrimaryMoved as moved:
-        return _Move(
-            path, before,
-            f"refused: the primary changed meanwhile to {moved.primary}; run again", True,
-        )
-    await redis.elector.acknowledge(vs, path, target, record.generation)
-    return _Move(
-        path, before,
-        f"forced: {_changes(lost)} lost; {target} is authoritative at generation "
-        f"{record.generation}",
-    )
-
-
 # ------------------------------------------------------- accept-dataloss
 
 
 @main.command("accept-dataloss")
 @config_option
 @_VS_OPTION
-@click.option(
-    "--relative-path", "relative_path", required=True, metavar="PATH",
-    help="The repository's relative path.",
-)
+@_PATH_OPTION
 @click.option(
     "--authoritative-storage", "authoritative", required=True, metavar="NODE",
     help="The node whose copy becomes the repository's.",
@@ -370,8 +258,8 @@ def accept_dataloss_command(
             if current.primary == authoritative:
                 change = None
                 break
-            change = await _set_primary_after_copies(
-                redis, vs, relative_path, authoritative, expected=current.primary,
+            change = await redis.mover.set_primary(
+                vs, relative_path, authoritative, expected=current.primary,
                 up_to_date=False, until=until,
             )
             if change.status != "conflict":
@@ -384,14 +272,14 @@ def accept_dataloss_command(
                 f"copy ends. Run `praefect failover --to {authoritative} --relative-path "
                 f"{relative_path}` in a moment."
             )
-        await redis.elector.acknowledge(vs, relative_path, authoritative, record.generation)
+        await redis.mover.elector.acknowledge(vs, relative_path, authoritative, record.generation)
         lines = [
             f"{authoritative} is now authoritative for {relative_path} in {vs} at generation "
             f"{record.generation}, and its primary."
         ]
         if repo.generation > have:
             lines.append(
-                f"Accepted the loss of {_changes(repo.generation - have)} that {authoritative} lacked."
+                f"Accepted the loss of {count_changes(repo.generation - have)} that {authoritative} lacked."
             )
         if record.targets:
             lines.append(f"Replication from {authoritative} to {', '.join(record.targets)} is scheduled.")
@@ -407,10 +295,7 @@ def accept_dataloss_command(
 @main.command("metadata")
 @config_option
 @_VS_OPTION
-@click.option(
-    "--relative-path", "relative_path", required=True, metavar="PATH",
-    help="The repository's relative path.",
-)
+@_PATH_OPTION
 def metadata_command(
     config: Path | None, secrets: Path | None, virtual_storage: str | None, relative_path: str
 ) -> None:
@@ -467,7 +352,7 @@ def metadata_command(
         elif have == repo.generation:
             freshness = "yes"
         else:
-            freshness = f"behind by {_changes(repo.generation - have)}"
+            freshness = f"behind by {count_changes(repo.generation - have)}"
         node_state = view.get(name)
         health = "yes" if _healthy(view, name) else f"no (down since {_when(node_state)})"
         if name not in configured:

@@ -25,10 +25,11 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 from praefect.core.demo.processes import ChildProcess, praefect_argv
+from praefect.core.lifecycle import StartStop
 from praefect.plugins.replication.embedded_redis import MAX_SOCKET_PATH, SOCKET_NAME
 from praefect.settings import Config, to_toml
 
@@ -147,7 +148,7 @@ def _child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class DemoCluster:
+class DemoCluster(StartStop):
     """Starts, watches and stops the demo's processes in ``workdir``.
 
     ``settings_overrides`` (shaped like the settings file) are merged into
@@ -378,18 +379,6 @@ class DemoCluster:
             raise RuntimeError(f"{name} is still running (pid {node.pid})")
         await node.stop(grace=0)  # collect what is left of the previous run
         return await node.start(self.start_timeout)
-
-    async def __aenter__(self) -> DemoCluster:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def describe_exit(child: ChildProcess) -> str:

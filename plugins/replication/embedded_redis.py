@@ -37,13 +37,14 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from praefect.core.lifecycle import StartStop
 
 log = logging.getLogger("praefect.replication.redis")
 
@@ -178,7 +179,7 @@ class EmbeddedRedisOptions:
     appendfsync: str = "always"
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(StartStop):
     """A redis-server process owned by this router for ``data_dir``.
 
     ``async with EmbeddedRedis(path) as server: client = connect(server.url)``.
@@ -253,18 +254,6 @@ class EmbeddedRedis:
             await self._terminate()
         finally:
             self._release_lock()
-
-    async def __aenter__(self) -> EmbeddedRedis:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------ internals
 

@@ -60,13 +60,6 @@ async def router(node: RecordingNode) -> AsyncIterator[RouterServer]:
         yield server
 
 
-@pytest.fixture
-async def channel(router: RouterServer) -> AsyncIterator[aio.Channel]:
-    assert router.bound_addr
-    async with aio.insecure_channel(router.bound_addr) as ch:
-        yield ch
-
-
 # -- each call kind --------------------------------------------------------------
 
 

@@ -10,63 +10,31 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
-from praefect.core.mutation import ChangeType
-from praefect.plugins.replication.embedded_redis import EmbeddedRedis
 from praefect.plugins.replication.state import RepositoryStore
-from praefect.settings import to_toml
 from tests.support.failover_cluster import VS
-from tests.support.processes import PRAEFECT
-from tests.support.router import clean_env, router_settings_mapping
+from tests.support.failover_commands import (
+    COMMAND_TIMEOUT,
+    praefect,
+    repository_after_writes,
+    start_praefect,
+)
 
-NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
 PATH = "a.git"
 LONG = 120.0
-#: how long a test waits for a command
-COMMAND_TIMEOUT = 30
-
-
-@pytest.fixture
-def config(tmp_path: Path, redis_server: EmbeddedRedis) -> Path:
-    mapping = router_settings_mapping(
-        {name: f"tcp://127.0.0.1:{9000 + i}" for i, name in enumerate(NODES)},
-        redis={"url": redis_server.url},
-    )
-    path = tmp_path / "praefect.toml"
-    path.write_text(to_toml(mapping))
-    return path
-
-
-async def _start(config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *PRAEFECT, *args, "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**clean_env(), "COLUMNS": "200"},  # rich would wrap table cells at 80
-    )
-
-
-async def praefect(config: Path, *args: str) -> tuple[int, str]:
-    process = await _start(config, *args)
-    out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT)
-    return process.returncode or 0, out.decode() + err.decode()
 
 
 async def _repository(store: RepositoryStore) -> None:
     """Primary gitaly-1 after one write; gitaly-2 and gitaly-3 up to date."""
-    await store.track_repository(VS, PATH, primary="gitaly-1", assigned=NODES)
-    await store.record_mutation(VS, PATH, change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES)
-    for name in ("gitaly-2", "gitaly-3"):
-        await store.set_replica_generation(VS, PATH, name, 1)
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1, "gitaly-3": 1})
 
 
 async def test_failover_to_a_node_being_copied_into_waits_then_refuses(
-    config: Path, store: RepositoryStore
+    settings_file: Path, store: RepositoryStore
 ) -> None:
     await _repository(store)
     await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     status, out = await praefect(
-        config, "failover", "--to", "gitaly-2", "--relative-path", PATH, "--copy-wait", "0.3"
+        settings_file, "failover", "--to", "gitaly-2", "--relative-path", PATH, "--copy-wait", "0.3"
     )
     assert status == 1, out
     assert "a.git: a copy (replication) into gitaly-2 is running; waiting up to 0." in out
@@ -80,12 +48,12 @@ async def test_failover_to_a_node_being_copied_into_waits_then_refuses(
 
 
 async def test_failover_moves_as_soon_as_the_copy_into_the_node_ends(
-    config: Path, store: RepositoryStore
+    settings_file: Path, store: RepositoryStore
 ) -> None:
     await _repository(store)
     lease = await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
-    process = await _start(
-        config, "failover", "--to", "gitaly-2", "--relative-path", PATH, "--copy-wait", "60"
+    process = await start_praefect(
+        settings_file, "failover", "--to", "gitaly-2", "--relative-path", PATH, "--copy-wait", "60"
     )
     assert process.stderr is not None
     line = await asyncio.wait_for(process.stderr.readline(), COMMAND_TIMEOUT)
@@ -98,12 +66,12 @@ async def test_failover_moves_as_soon_as_the_copy_into_the_node_ends(
 
 
 async def test_accept_dataloss_does_not_make_a_node_being_copied_into_the_primary(
-    config: Path, store: RepositoryStore
+    settings_file: Path, store: RepositoryStore
 ) -> None:
     await _repository(store)
     await store.take_copy_lease(VS, PATH, "gitaly-3", ttl=LONG)
     status, out = await praefect(
-        config, "accept-dataloss", "--relative-path", PATH, "--authoritative-storage", "gitaly-3",
+        settings_file, "accept-dataloss", "--relative-path", PATH, "--authoritative-storage", "gitaly-3",
         "--copy-wait", "0.2",
     )
     assert status == 1, out
@@ -117,12 +85,12 @@ async def test_accept_dataloss_does_not_make_a_node_being_copied_into_the_primar
     assert (after.primary, after.generation, after.up_to_date) == ("gitaly-1", 2, ("gitaly-3",))
 
 
-async def test_metadata_shows_the_copies_running_into_replicas(config: Path, store: RepositoryStore) -> None:
+async def test_metadata_shows_the_copies_running_into_replicas(settings_file: Path, store: RepositoryStore) -> None:
     await _repository(store)
-    status, out = await praefect(config, "metadata", "--relative-path", PATH)
+    status, out = await praefect(settings_file, "metadata", "--relative-path", PATH)
     assert status == 0 and "Copies (replication) running into" not in out, out
     await store.take_copy_lease(VS, PATH, "gitaly-3", ttl=LONG)
-    status, out = await praefect(config, "metadata", "--relative-path", PATH)
+    status, out = await praefect(settings_file, "metadata", "--relative-path", PATH)
     assert status == 0, out
     assert "Copies (replication) running into: gitaly-3 (lease expires within" in out, out
     assert "not electable as primary until the copy ends" in out

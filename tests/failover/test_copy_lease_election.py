@@ -9,32 +9,19 @@ from __future__ import annotations
 
 from praefect.core.mutation import ChangeType
 from praefect.plugins.failover.election import Elector
-from praefect.plugins.failover.scripts import FailoverScripts
 from praefect.plugins.replication.state import RepositoryStore
-from tests.support.failover_cluster import VS, eventually
+from tests.support.failover_cluster import NAMES, VS, eventually
+from tests.support.failover_commands import repository_after_writes
 
-NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
 PATH = "group/leased.git"
 LONG = 60.0
 
 
-async def _repository(store: RepositoryStore, generations: dict[str, int], *, writes: int) -> None:
-    await store.track_repository(VS, PATH, primary="gitaly-1", assigned=NODES)
-    for _ in range(writes):
-        await store.record_mutation(VS, PATH, change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES)
-    for name, generation in generations.items():
-        await store.set_replica_generation(VS, PATH, name, generation)
-
-
-def _elector(store: RepositoryStore) -> Elector:
-    return Elector(store, FailoverScripts.register(store.client))
-
-
 async def test_a_leased_candidate_is_not_elected_even_when_it_is_the_most_up_to_date(
     store: RepositoryStore,
+    elector: Elector,
 ) -> None:
-    await _repository(store, {"gitaly-2": 2, "gitaly-3": 1}, writes=2)
-    elector = _elector(store)
+    await repository_after_writes(store, PATH, writes=2, generations={"gitaly-2": 2, "gitaly-3": 1})
     await elector.acknowledge(VS, PATH, "gitaly-1", 1)
     await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     election = await elector.elect(VS, PATH, ["gitaly-2", "gitaly-3"], expected="gitaly-1")
@@ -46,9 +33,9 @@ async def test_a_leased_candidate_is_not_elected_even_when_it_is_the_most_up_to_
 
 async def test_with_only_leased_candidates_the_election_is_busy_not_read_only(
     store: RepositoryStore,
+    elector: Elector,
 ) -> None:
-    await _repository(store, {"gitaly-2": 1, "gitaly-3": 1}, writes=1)
-    elector = _elector(store)
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1, "gitaly-3": 1})
     await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     await store.take_copy_lease(VS, PATH, "gitaly-3", ttl=LONG / 2)
     election = await elector.elect(VS, PATH, ["gitaly-2", "gitaly-3"], expected="gitaly-1")
@@ -59,22 +46,25 @@ async def test_with_only_leased_candidates_the_election_is_busy_not_read_only(
     assert (metadata.primary, metadata.generation) == ("gitaly-1", 1), "nothing changed"
     # A candidate that does not qualify anyway does not make it busy.
     await store.set_replica_generation(VS, PATH, "gitaly-1", 1)
-    await store.record_mutation(VS, PATH, change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES)
+    await store.record_mutation(VS, PATH, change=ChangeType.UPDATE, source="gitaly-1", assigned=NAMES)
     none = await elector.elect(VS, PATH, ["gitaly-2", "gitaly-3"], expected="gitaly-1")
     assert (none.status, none.busy) == ("none", ())
 
 
-async def test_the_current_primary_stays_whatever_the_leases_of_others(store: RepositoryStore) -> None:
-    await _repository(store, {"gitaly-2": 1}, writes=1)
+async def test_the_current_primary_stays_whatever_the_leases_of_others(
+    store: RepositoryStore, elector: Elector
+) -> None:
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1})
     await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
-    election = await _elector(store).elect(VS, PATH, ["gitaly-2", "gitaly-1"])
+    election = await elector.elect(VS, PATH, ["gitaly-2", "gitaly-1"])
     assert (election.status, election.primary) == ("unchanged", "gitaly-1")
 
 
-async def test_an_expired_lease_no_longer_blocks_the_election(store: RepositoryStore) -> None:
+async def test_an_expired_lease_no_longer_blocks_the_election(
+    store: RepositoryStore, elector: Elector
+) -> None:
     # The worker that took it died mid-copy and never released it.
-    await _repository(store, {"gitaly-2": 1}, writes=1)
-    elector = _elector(store)
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1})
     await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=0.2)
     first = await elector.elect(VS, PATH, ["gitaly-2"], expected="gitaly-1")
     assert first.status == "busy"
@@ -88,9 +78,9 @@ async def test_an_expired_lease_no_longer_blocks_the_election(store: RepositoryS
 
 async def test_one_holder_releasing_does_not_free_a_target_another_still_copies_into(
     store: RepositoryStore,
+    elector: Elector,
 ) -> None:
-    await _repository(store, {"gitaly-2": 1}, writes=1)
-    elector = _elector(store)
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1})
     first = await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     second = await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     await store.raise_after_copy(VS, PATH, "gitaly-2", 1, source="gitaly-1", lease=first)
@@ -101,9 +91,11 @@ async def test_one_holder_releasing_does_not_free_a_target_another_still_copies_
     assert (done.status, done.primary) == ("ok", "gitaly-2")
 
 
-async def test_no_lease_is_granted_once_the_target_is_elected(store: RepositoryStore) -> None:
-    await _repository(store, {"gitaly-2": 1}, writes=1)
-    election = await _elector(store).elect(VS, PATH, ["gitaly-2"], expected="gitaly-1")
+async def test_no_lease_is_granted_once_the_target_is_elected(
+    store: RepositoryStore, elector: Elector
+) -> None:
+    await repository_after_writes(store, PATH, writes=1, generations={"gitaly-2": 1})
+    election = await elector.elect(VS, PATH, ["gitaly-2"], expected="gitaly-1")
     assert election.primary == "gitaly-2"
     lease = await store.take_copy_lease(VS, PATH, "gitaly-2", ttl=LONG)
     assert not lease.granted, "the election came first: nothing may be copied into the primary"

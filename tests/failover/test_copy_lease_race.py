@@ -17,8 +17,10 @@ disk (or cut off from the routers only) would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -90,26 +92,50 @@ async def _outcome(write: asyncio.Task[str]) -> str | grpc.StatusCode:
         return error.code()
 
 
-async def _primary_down_with_a_copy_into_gitaly_2_held(
-    cluster: FailoverCluster, proxy: HoldingProxy, router: RouterServer, channel: aio.Channel
-) -> asyncio.Task[str]:
-    """Up to the race: gitaly-1 is down for the routers, a copy into gitaly-2 is held open.
+@dataclass
+class Race:
+    """The moment of the race: gitaly-1 down for the router, a copy into gitaly-2 held."""
 
-    Returns the write whose copy is held (it waits for gitaly-2 to have it).
-    """
-    await create_repository(channel, PATH)
-    await commit_file(channel, PATH, "main", "first.txt")
-    await eventually(lambda: _everywhere(cluster), what="the repository on both nodes")
-    assert await cluster.primary_of(PATH) == "gitaly-1"
+    channel: aio.Channel
+    #: the write whose copy is held (it waits for gitaly-2 to have it)
+    copied: asyncio.Task[str]
+    #: the outcome of ``copied``, once gitaly-1 is back
+    copied_outcome: str | grpc.StatusCode | None = None
 
-    # The next write is recorded at generation g+1 on gitaly-1; its copy into
-    # gitaly-2 is held. Its client waits for gitaly-2 (ack_replicas = 1), so
-    # it is not acknowledged yet and gitaly-2, at g, may be elected.
-    proxy.hold_next(REPLICATE)
-    copied = asyncio.create_task(commit_file(channel, PATH, "main", "copied.txt", deadline=120))
-    await eventually(proxy.held.is_set, within=30, what="the copy into gitaly-2 to reach the proxy")
-    assert not copied.done()
-    return copied
+
+@contextlib.asynccontextmanager
+async def _gitaly_1_down_with_a_copy_into_gitaly_2_held(
+    cluster: FailoverCluster, proxy: HoldingProxy
+) -> AsyncIterator[Race]:
+    """Up to the race, in a router of its own; afterwards (gitaly-1 is back)
+    the held write ends and both nodes reach the final generation."""
+    async with cluster.router(ack_timeout=ACK_TIMEOUT) as router:
+        assert router.bound_addr
+        async with aio.insecure_channel(router.bound_addr) as channel:
+            await create_repository(channel, PATH)
+            await commit_file(channel, PATH, "main", "first.txt")
+            await eventually(lambda: _everywhere(cluster), what="the repository on both nodes")
+            assert await cluster.primary_of(PATH) == "gitaly-1"
+
+            # The next write is recorded at generation g+1 on gitaly-1; its copy into
+            # gitaly-2 is held. Its client waits for gitaly-2 (ack_replicas = 1), so
+            # it is not acknowledged yet and gitaly-2, at g, may be elected.
+            proxy.hold_next(REPLICATE)
+            copied = asyncio.create_task(commit_file(channel, PATH, "main", "copied.txt", deadline=120))
+            await eventually(proxy.held.is_set, within=30, what="the copy into gitaly-2 to reach the proxy")
+            assert not copied.done()
+            race = Race(channel, copied)
+            with broken_storage(cluster.nodes["gitaly-1"]):
+                await eventually(
+                    lambda: _healthy(router) == {"gitaly-2"}, within=30,
+                    what="the router to see gitaly-1 down",
+                )
+                yield race
+            race.copied_outcome = await _outcome(copied)
+            await eventually(
+                lambda: _everywhere(cluster), within=60,
+                what="both nodes at the final generation once gitaly-1 is back",
+            )
 
 
 @pytest.mark.timeout(150)
@@ -119,36 +145,22 @@ async def test_a_replica_being_copied_into_takes_no_write_until_the_copy_ends(
     cluster, proxy = setup
     caplog.set_level(logging.INFO, logger=FAILOVER_LOG)
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    async with cluster.router(ack_timeout=ACK_TIMEOUT) as router:
-        assert router.bound_addr
-        async with aio.insecure_channel(router.bound_addr) as channel:
-            copied = await _primary_down_with_a_copy_into_gitaly_2_held(cluster, proxy, router, channel)
-            with broken_storage(cluster.nodes["gitaly-1"]):
-                await eventually(
-                    lambda: _healthy(router) == {"gitaly-2"}, within=30,
-                    what="the router to see gitaly-1 down",
-                )
-                write = asyncio.create_task(
-                    commit_file(channel, PATH, "main", "during.txt", deadline=120)
-                )
-                # Before the fix the write went to gitaly-2 at once; now its
-                # election waits for the copy.
-                await eventually(
-                    lambda: write.done() or _waiting_for_the_copy(caplog), within=30,
-                    what="the write to be answered or to wait for the copy into gitaly-2",
-                )
-                early = proxy.named(COMMIT_FILES)
-                proxy.release.set()
-                during = await _outcome(write)
-            copied_outcome = await _outcome(copied)
-            await eventually(
-                lambda: _everywhere(cluster), within=60,
-                what="both nodes at the final generation once gitaly-1 is back",
-            )
+    async with _gitaly_1_down_with_a_copy_into_gitaly_2_held(cluster, proxy) as race:
+        write = asyncio.create_task(commit_file(race.channel, PATH, "main", "during.txt", deadline=120))
+        # Before the fix the write went to gitaly-2 at once; now its
+        # election waits for the copy.
+        await eventually(
+            lambda: write.done() or _waiting_for_the_copy(caplog), within=30,
+            what="the write to be answered or to wait for the copy into gitaly-2",
+        )
+        early = proxy.named(COMMIT_FILES)
+        proxy.release.set()
+        during = await _outcome(write)
 
     assert isinstance(during, str), f"the write during the failover failed: {during}"
     metadata = await cluster.metadata(PATH)
     assert metadata.primary == "gitaly-2", metadata
+    copied_outcome = race.copied_outcome
     acknowledged = [during] + ([copied_outcome] if isinstance(copied_outcome, str) else [])
     for node in NAMES:
         missing = [commit for commit in acknowledged if not _on_main(cluster, node, commit)]
@@ -172,28 +184,15 @@ async def test_a_write_waiting_for_the_copy_ends_with_its_deadline_and_changes_n
 ) -> None:
     cluster, proxy = setup
     caplog.set_level(logging.INFO, logger=FAILOVER_LOG)
-    async with cluster.router(ack_timeout=ACK_TIMEOUT) as router:
-        assert router.bound_addr
-        async with aio.insecure_channel(router.bound_addr) as channel:
-            copied = await _primary_down_with_a_copy_into_gitaly_2_held(cluster, proxy, router, channel)
-            with broken_storage(cluster.nodes["gitaly-1"]):
-                await eventually(
-                    lambda: _healthy(router) == {"gitaly-2"}, within=30,
-                    what="the router to see gitaly-1 down",
-                )
-                with pytest.raises(aio.AioRpcError) as late:
-                    await commit_file(channel, PATH, "main", "too-late.txt", deadline=2)
-                assert _waiting_for_the_copy(caplog), "it waited for the copy, not for anything else"
-                assert await cluster.primary_of(PATH) == "gitaly-1", "nobody was elected"
-                assert proxy.named(COMMIT_FILES) == [], "nothing reached gitaly-2"
-                proxy.release.set()
-                # Once the copy ended, gitaly-2 takes over and takes writes.
-                after = await commit_file(channel, PATH, "main", "after.txt", deadline=60)
-            await _outcome(copied)
-            await eventually(
-                lambda: _everywhere(cluster), within=60,
-                what="both nodes at the final generation once gitaly-1 is back",
-            )
+    async with _gitaly_1_down_with_a_copy_into_gitaly_2_held(cluster, proxy) as race:
+        with pytest.raises(aio.AioRpcError) as late:
+            await commit_file(race.channel, PATH, "main", "too-late.txt", deadline=2)
+        assert _waiting_for_the_copy(caplog), "it waited for the copy, not for anything else"
+        assert await cluster.primary_of(PATH) == "gitaly-1", "nobody was elected"
+        assert proxy.named(COMMIT_FILES) == [], "nothing reached gitaly-2"
+        proxy.release.set()
+        # Once the copy ended, gitaly-2 takes over and takes writes.
+        after = await commit_file(race.channel, PATH, "main", "after.txt", deadline=60)
     assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert await cluster.primary_of(PATH) == "gitaly-2"
     for node in NAMES:

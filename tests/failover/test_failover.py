@@ -6,8 +6,6 @@ import asyncio
 import os
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +18,6 @@ from tests.support.failover_cluster import (
     create_repository,
     eventually,
     exists,
-    failover_cluster,
 )
 from tests.support.gitenv import git
 from tests.support.processes import PRAEFECT
@@ -28,12 +25,6 @@ from tests.support.router import clean_env
 
 PATH = "group/project.git"
 CLIENTS = 4
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[FailoverCluster]:
-    async with failover_cluster(tmp_path) as cluster:
-        yield cluster
 
 
 async def _replicated_everywhere(cluster: FailoverCluster) -> bool:

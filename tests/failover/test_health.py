@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from praefect.core import hookimpl
 from praefect.core.routing_types import NodeRef
@@ -18,8 +15,8 @@ from tests.support.failover_cluster import (
     FailoverCluster,
     broken_storage,
     eventually,
-    failover_cluster,
     runtime_of,
+    sees_healthy,
 )
 
 
@@ -34,19 +31,6 @@ class HealthRecorder:
     @hookimpl  # type: ignore[untyped-decorator, unused-ignore]
     def on_node_up(self, node: NodeRef) -> None:
         self.events.append(("up", node.name, ""))
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[FailoverCluster]:
-    async with failover_cluster(tmp_path) as cluster:
-        yield cluster
-
-
-def _healthy(server: RouterServer, name: str) -> bool:
-    assert server.router is not None
-    cluster = server.router.cluster
-    healthy: bool = cluster.is_healthy(cluster.virtual_storage(VS).node(name))
-    return healthy
 
 
 async def _rounds(*servers: RouterServer, count: int = 3) -> None:
@@ -73,16 +57,16 @@ async def test_a_node_whose_disk_cannot_be_written_is_taken_out_and_back(cluster
     recorder = HealthRecorder()
     async with cluster.router(("recorder", recorder)) as router:
         await _rounds(router, count=1)
-        assert _healthy(router, "gitaly-3")
+        assert sees_healthy(router, "gitaly-3")
         with broken_storage(cluster.nodes["gitaly-3"]):
-            await eventually(lambda: not _healthy(router, "gitaly-3"), what="gitaly-3 to be marked down")
+            await eventually(lambda: not sees_healthy(router, "gitaly-3"), what="gitaly-3 to be marked down")
             view = await cluster.votes.view(VS)
             assert not view["gitaly-3"].healthy, "the shared view records it"
             await _rounds(router)
             assert [(kind, name) for kind, name, _ in recorder.events] == [("down", "gitaly-3")]
             assert "not writeable" in recorder.events[0][2]
-            assert _healthy(router, "gitaly-1") and _healthy(router, "gitaly-2")
-        await eventually(lambda: _healthy(router, "gitaly-3"), what="gitaly-3 to be marked up again")
+            assert sees_healthy(router, "gitaly-1") and sees_healthy(router, "gitaly-2")
+        await eventually(lambda: sees_healthy(router, "gitaly-3"), what="gitaly-3 to be marked up again")
         await _rounds(router)
         router_id = runtime_of(router).checker.router_id
         assert [vote.router_id for vote in await cluster.votes.votes(VS)] == [router_id]
@@ -99,7 +83,7 @@ async def test_a_killed_node_is_down_for_every_router_and_announced_once(cluster
         await _voted_on_every_node(one, two)
         cluster.nodes["gitaly-2"].stop()
         await eventually(
-            lambda: not _healthy(one, "gitaly-2") and not _healthy(two, "gitaly-2"),
+            lambda: not sees_healthy(one, "gitaly-2") and not sees_healthy(two, "gitaly-2"),
             what="both routers to mark gitaly-2 down",
         )
         await _rounds(one, two)
@@ -141,22 +125,22 @@ async def test_routers_follow_the_majority_of_live_routers(cluster: FailoverClus
         down = {"gitaly-3": False}
         async with fake_routers(cluster.votes, {"fake-1": down}):
             await _rounds(one, two)
-            assert _healthy(one, "gitaly-3") and _healthy(two, "gitaly-3")
+            assert sees_healthy(one, "gitaly-3") and sees_healthy(two, "gitaly-3")
         async with fake_routers(cluster.votes, {"fake-1": down, "fake-2": down}):
             await _rounds(one, two)
-            assert _healthy(one, "gitaly-3") and _healthy(two, "gitaly-3"), "a tie keeps a node up"
+            assert sees_healthy(one, "gitaly-3") and sees_healthy(two, "gitaly-3"), "a tie keeps a node up"
         # Three of five say down: both real routers take gitaly-3 out although
         # their own checks still pass.
         async with fake_routers(cluster.votes, {"fake-1": down, "fake-2": down, "fake-3": down}):
             await eventually(
-                lambda: not _healthy(one, "gitaly-3") and not _healthy(two, "gitaly-3"),
+                lambda: not sees_healthy(one, "gitaly-3") and not sees_healthy(two, "gitaly-3"),
                 what="both routers to follow the majority",
             )
             assert runtime_of(one).checker.local_view[_node(one, "gitaly-3")].healthy
         # The fake routers stop voting: after the vote window only the real
         # routers count, and they see gitaly-3 healthy.
         await eventually(
-            lambda: _healthy(one, "gitaly-3") and _healthy(two, "gitaly-3"),
+            lambda: sees_healthy(one, "gitaly-3") and sees_healthy(two, "gitaly-3"),
             within=20,
             what="gitaly-3 to be up again once the fake votes expired",
         )

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
 from grpc import aio
 
 from praefect.core.mutation import ChangeType, Mutation
-from praefect.core.server import RouterServer
 from praefect.plugins.failover.election import MovedBeforeAcknowledgement
 from praefect.plugins.failover.runtime import FailoverRuntime
 from praefect.plugins.replication.state import PrimaryMoved
@@ -23,24 +19,12 @@ from tests.support.failover_cluster import (
     create_repository,
     eventually,
     exists,
-    failover_cluster,
     repository,
     runtime_of,
+    sees_healthy,
 )
 
 NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[FailoverCluster]:
-    async with failover_cluster(tmp_path) as cluster:
-        yield cluster
-
-
-def _down(server: RouterServer, name: str) -> bool:
-    assert server.router is not None
-    cluster = server.router.cluster
-    return not cluster.is_healthy(cluster.virtual_storage(VS).node(name))
 
 
 async def _everywhere(cluster: FailoverCluster, path: str) -> bool:
@@ -54,7 +38,7 @@ async def test_a_new_repository_goes_to_a_healthy_node_when_the_configured_prima
     async with cluster.router() as router:
         assert router.bound_addr
         cluster.nodes["gitaly-1"].stop()
-        await eventually(lambda: _down(router, "gitaly-1"), what="gitaly-1 to be down")
+        await eventually(lambda: not sees_healthy(router, "gitaly-1"), what="gitaly-1 to be down")
         async with aio.insecure_channel(router.bound_addr) as channel:
             await create_repository(channel, "new.git")
             await commit_file(channel, "new.git", "main", "first.txt")
@@ -72,7 +56,7 @@ async def test_with_failover_disabled_reads_use_a_replica_and_writes_wait_for_th
             await create_repository(channel, "a.git")
             await eventually(lambda: _everywhere(cluster, "a.git"), what="a.git on every node")
             cluster.nodes["gitaly-1"].stop()
-            await eventually(lambda: _down(router, "gitaly-1"), what="gitaly-1 to be down")
+            await eventually(lambda: not sees_healthy(router, "gitaly-1"), what="gitaly-1 to be down")
             assert await exists(channel, "a.git")
             with pytest.raises(aio.AioRpcError) as primary_only:
                 await repository_pb2_grpc.RepositoryServiceStub(channel).RepositoryExists(

@@ -16,8 +16,6 @@ Real node processes, a real Redis, an in-process router and the real
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -32,11 +30,9 @@ from tests.support.failover_cluster import (
     commit_file,
     create_repository,
     eventually,
-    failover_cluster,
 )
+from tests.support.failover_commands import praefect
 from tests.support.gitenv import git
-from tests.support.processes import PRAEFECT
-from tests.support.router import clean_env
 
 PATH = "held/project.git"
 HELD_FILE = "held.txt"
@@ -64,22 +60,10 @@ class HoldBeforeRecording:
             await self.release.wait()
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[FailoverCluster]:
-    async with failover_cluster(tmp_path) as cluster:
-        yield cluster
-
-
 async def _praefect(cluster: FailoverCluster, *args: str) -> tuple[int, str]:
-    config = cluster.root / "cli.toml"
-    config.write_text(to_toml(cluster.settings_mapping()))
-    process = await asyncio.create_subprocess_exec(
-        *PRAEFECT, *args, "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**clean_env(), "COLUMNS": "200"},  # rich would wrap table cells at 80
-    )
-    out, _ = await process.communicate()
-    return process.returncode or 0, out.decode()
+    settings_file = cluster.root / "cli.toml"
+    settings_file.write_text(to_toml(cluster.settings_mapping()))
+    return await praefect(settings_file, *args)
 
 
 async def _everywhere(cluster: FailoverCluster) -> bool:

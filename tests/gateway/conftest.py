@@ -14,6 +14,7 @@ import pytest
 from praefect.gateway.config import GatewayConfig
 from praefect.gateway.server import GatewayServer
 from tests.support.gateway import repo_url
+from tests.support.gateway_faults import SilentServer
 from tests.support.processes import ServerProcess, start_node
 
 NODE_TOKEN = "gateway-test-node-token"
@@ -50,6 +51,13 @@ def gateway_config(router_addr: str, **overrides: Any) -> GatewayConfig:
 @pytest.fixture
 async def gateway(node: ServerProcess) -> AsyncIterator[GatewayServer]:
     async with GatewayServer(gateway_config(node.address)) as server:
+        yield server
+
+
+@pytest.fixture
+async def silent_router() -> AsyncIterator[SilentServer]:
+    """A router that accepts connections and never answers."""
+    async with SilentServer() as server:
         yield server
 
 

@@ -9,6 +9,7 @@ that vanished without a RST.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -55,12 +56,6 @@ ZERO_ID = "0" * 40
 # here takes milliseconds, so 10 s bounds a 504 generously on a busy machine.
 LIMIT = 1.0
 ANSWERED_WITHIN = 10.0
-
-
-@pytest.fixture
-async def silent_router() -> AsyncIterator[SilentServer]:
-    async with SilentServer() as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +107,26 @@ async def post_pack(
         time_limit=ANSWERED_WITHIN,
     )
     return response, time.monotonic() - started
+
+
+async def push_main(gateway: GatewayServer, project: str, work: Path) -> str:
+    """Push `work`'s main to `project` through `gateway`; main's commit id."""
+    url = repo_url(gateway.url, project, password=PASSWORD)
+    (await run_git(["push", url, "main"], cwd=work)).check()
+    return git(["rev-parse", "main"], cwd=work).strip()
+
+
+@contextlib.asynccontextmanager
+async def gateway_through_proxy(
+    router: str, **limits: float
+) -> AsyncIterator[tuple[FreezableProxy, GatewayServer]]:
+    """A gateway with these limits whose router connection runs through a
+    FreezableProxy to `router`."""
+    async with (
+        FreezableProxy(router) as proxy,
+        GatewayServer(gateway_config(proxy.address, **limits)) as gateway,
+    ):
+        yield proxy, gateway
 
 
 # -- configuration and command line -----------------------------------------
@@ -314,18 +329,11 @@ async def test_post_to_a_silent_router_is_504_after_the_response_start_timeout(
 async def test_a_router_that_goes_silent_is_504_and_the_gateway_recovers_when_it_answers_again(
     gateway: GatewayServer, node: ServerProcess, project: str, tmp_path: Path
 ) -> None:
-    work = make_work_repo(tmp_path / "work", commits=2)
-    (
-        await run_git(["push", repo_url(gateway.url, project, password=PASSWORD), "main"], cwd=work)
-    ).check()
-    want = git(["rev-parse", "main"], cwd=work).strip()
+    want = await push_main(gateway, project, make_work_repo(tmp_path / "work", commits=2))
 
-    async with (
-        FreezableProxy(node.address) as proxy,
-        GatewayServer(
-            gateway_config(proxy.address, advertise_timeout=LIMIT, response_start_timeout=LIMIT)
-        ) as limited,
-    ):
+    async with gateway_through_proxy(
+        node.address, advertise_timeout=LIMIT, response_start_timeout=LIMIT
+    ) as (proxy, limited):
         url = repo_url(limited.url, project, password=PASSWORD)
         (await run_git(["ls-remote", url], time_limit=ANSWERED_WITHIN)).check()
 
@@ -380,9 +388,14 @@ def many_refs(node_storage: Path) -> str:
     return relative
 
 
-async def read_until_cut(response: aiohttp.ClientResponse, within: float) -> tuple[int, bool]:
+async def read_until_cut(
+    response: aiohttp.ClientResponse,
+    within: float,
+    stalled: str = "the gateway still waited on a silent router",
+) -> tuple[int, bool]:
     """Read the body: (bytes received, whether the connection was cut
-    before the end). Fails when it neither ends nor is cut `within` s."""
+    before the end). Fails, saying what `stalled`, when it neither ends nor
+    is cut `within` s."""
     received = 0
     try:
         async with asyncio.timeout(within):
@@ -391,20 +404,14 @@ async def read_until_cut(response: aiohttp.ClientResponse, within: float) -> tup
     except aiohttp.ClientPayloadError:
         return received, True
     except TimeoutError:
-        raise AssertionError(
-            f"after {within} s the gateway still waited on a silent router "
-            f"({received} bytes received)"
-        ) from None
+        raise AssertionError(f"after {within} s {stalled} ({received} bytes received)") from None
     return received, False
 
 
 async def test_a_router_that_stops_mid_advertisement_has_the_response_cut(
     node: ServerProcess, many_refs: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with (
-        FreezableProxy(node.address) as proxy,
-        GatewayServer(gateway_config(proxy.address, advertise_timeout=LIMIT)) as limited,
-    ):
+    async with gateway_through_proxy(node.address, advertise_timeout=LIMIT) as (proxy, limited):
         # The node sends the `# service=` line at once; the freeze comes in
         # the middle of git's ref list.
         frozen = proxy.freeze_after(256 * 1024)
@@ -469,37 +476,26 @@ def write_random_file(path: Path, size: int) -> None:
             out.write(os.urandom(1024 * 1024))
 
 
-def big_repository(work: Path, megabytes: int) -> str:
-    """A work repository whose main holds `megabytes` of random data (a pack
-    of that size); returns main's commit id."""
-    make_work_repo(work, commits=1)
-    write_random_file(work / "big.bin", megabytes * 1024 * 1024)
+@pytest.fixture
+async def big_main(gateway: GatewayServer, project: str, tmp_path: Path) -> str:
+    """`project` pushed through the gateway with a main that holds 4 MiB of
+    random data (a pack of that size); main's commit id."""
+    work = make_work_repo(tmp_path / "work", commits=1)
+    write_random_file(work / "big.bin", 4 * 1024 * 1024)
     git(["add", "big.bin"], cwd=work)
     git(["commit", "-q", "-m", "big"], cwd=work)
-    return git(["rev-parse", "main"], cwd=work).strip()
+    return await push_main(gateway, project, work)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_clone_stalled_longer_than_both_limits_mid_transfer_is_not_cut(
-    gateway: GatewayServer,
-    node: ServerProcess,
-    project: str,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    big_main: str, node: ServerProcess, project: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    work = tmp_path / "work"
-    want = big_repository(work, megabytes=4)
-    (
-        await run_git(["push", repo_url(gateway.url, project, password=PASSWORD), "main"], cwd=work)
-    ).check()
 
-    async with (
-        FreezableProxy(node.address) as proxy,
-        GatewayServer(
-            gateway_config(proxy.address, advertise_timeout=LIMIT, response_start_timeout=LIMIT)
-        ) as limited,
-    ):
+    async with gateway_through_proxy(
+        node.address, advertise_timeout=LIMIT, response_start_timeout=LIMIT
+    ) as (proxy, limited):
         # Frozen once 256 KiB of the 4 MiB pack went through: the clone's
         # answer has started and is then stalled for as long as two other
         # requests need to hit both limits on the same silent connection.
@@ -515,7 +511,7 @@ async def test_a_clone_stalled_longer_than_both_limits_mid_transfer_is_not_cut(
             )
             refs, _ = await get_info_refs(limited, "group/probe.git")
             post, _ = await post_pack(
-                limited, "group/probe.git", "git-upload-pack", upload_pack_request(want)
+                limited, "group/probe.git", "git-upload-pack", upload_pack_request(big_main)
             )
             assert not clone.done(), "the clone ended while its connection was frozen"
             proxy.thaw()
@@ -526,7 +522,7 @@ async def test_a_clone_stalled_longer_than_both_limits_mid_transfer_is_not_cut(
     assert refs.status == 504, refs.body
     assert post.status == 504, post.body
     result.check()
-    assert refs_of(tmp_path / "clone")["refs/remotes/origin/main"] == want
+    assert refs_of(tmp_path / "clone")["refs/remotes/origin/main"] == big_main
     git(["fsck", "--no-progress"], cwd=tmp_path / "clone")
     assert not [w for w in timeout_warnings(caplog) if project in w]
 
@@ -620,52 +616,32 @@ def test_keepalive_pings_stay_well_inside_what_router_and_node_accept(tmp_path: 
 
 
 async def test_a_connection_that_dies_silently_mid_clone_is_cut_by_keepalive(
-    gateway: GatewayServer,
-    node: ServerProcess,
-    project: str,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    big_main: str, node: ServerProcess, project: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    work = tmp_path / "work"
-    want = big_repository(work, megabytes=4)
-    (
-        await run_git(["push", repo_url(gateway.url, project, password=PASSWORD), "main"], cwd=work)
-    ).check()
 
-    async with (
-        FreezableProxy(node.address) as proxy,
-        GatewayServer(
-            gateway_config(proxy.address, keepalive_time=1, keepalive_timeout=1)
-        ) as watched,
-    ):
+    async with gateway_through_proxy(
+        node.address, keepalive_time=1, keepalive_timeout=1
+    ) as (proxy, watched):
         frozen = proxy.freeze_after(1024 * 1024)
         http = aiohttp.ClientSession(base_url=watched.url, headers=basic_auth("alice", PASSWORD))
         async with (
             http,
             http.post(
                 f"/{project}/git-upload-pack",
-                data=upload_pack_request(want),
+                data=upload_pack_request(big_main),
                 headers=UPLOAD_PACK_REQUEST,
             ) as response,
         ):
             assert response.status == 200
-            received = 0
             # Without keepalive the gateway would wait for the frozen
             # connection forever; with it, the call fails within about two
             # seconds and the gateway cuts the response.
-            try:
-                async with asyncio.timeout(30):
-                    while chunk := await response.content.read(1024 * 1024):
-                        received += len(chunk)
-            except aiohttp.ClientPayloadError:
-                cut = True
-            except TimeoutError:
-                raise AssertionError(
-                    "after 30 s the gateway still waited on the frozen connection: "
-                    "keepalive did not notice that it died"
-                ) from None
-            else:
-                cut = False
+            received, cut = await read_until_cut(
+                response,
+                within=30,
+                stalled="the gateway still waited on the frozen connection: "
+                "keepalive did not notice that it died",
+            )
         assert frozen.is_set(), "the proxy never froze: the pack went through whole"
 
     assert cut, "the response ended cleanly although its connection died mid-transfer"

@@ -1,43 +1,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
 from praefect.plugins.replication.nodes import NodeClients
 from praefect.plugins.replication.state import RepositoryStore
-from tests.support.replication_cluster import ReplicaNode, short_tmp_dir, start_nodes
+from praefect.plugins.replication.worker import ReplicationWorker, WorkerSettings
+from tests.support.redis_fixtures import client, redis_dir, redis_server, store
+from tests.support.replication_cluster import VS, ReplicaNode, StartWorker, start_nodes
 
-
-@pytest.fixture
-def redis_dir() -> Iterator[Path]:
-    """A data directory of its own for each test (short: it holds a unix socket)."""
-    with short_tmp_dir() as path:
-        yield path
-
-
-@pytest.fixture
-async def redis_server(redis_dir: Path) -> AsyncIterator[EmbeddedRedis]:
-    async with EmbeddedRedis(redis_dir) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    redis_client = connect(redis_server.url)
-    try:
-        yield redis_client
-    finally:
-        await redis_client.aclose()
-
-
-@pytest.fixture
-def store(client: aioredis.Redis) -> RepositoryStore:
-    return RepositoryStore(client)
+#: the shared fixtures, imported here for pytest to find
+__all__ = ["client", "redis_dir", "redis_server", "store"]
 
 
 @pytest.fixture
@@ -64,3 +41,35 @@ async def node_clients(nodes: dict[str, ReplicaNode]) -> AsyncIterator[NodeClien
         yield clients
     finally:
         await clients.close()
+
+
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    """The settings ``run_worker`` gives a worker; a module overrides it."""
+    return WorkerSettings(block=0.2)
+
+
+@pytest.fixture
+async def run_worker(
+    client: aioredis.Redis, store: RepositoryStore, worker_settings: WorkerSettings
+) -> AsyncIterator[StartWorker]:
+    """Starts replication workers on the test's Redis; stops them after the test."""
+    started: list[ReplicationWorker] = []
+
+    async def start(
+        clients: NodeClients,
+        target: str,
+        *,
+        consumer: str = "router-a",
+        settings: WorkerSettings | None = None,
+    ) -> ReplicationWorker:
+        worker = ReplicationWorker(
+            client, store, clients, VS, target, consumer=consumer, settings=settings or worker_settings
+        )
+        await worker.start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.stop()

@@ -23,6 +23,7 @@ from praefect.plugins.replication.worker import ReplicationWorker, WorkerSetting
 from tests.support.replication_cluster import (
     VS,
     ReplicaNode,
+    StartWorker,
     eventually,
     make_bare_repo,
     refs_of,
@@ -72,12 +73,9 @@ def node_names() -> list[str]:
     return NAMES
 
 
-async def _worker(
-    client: aioredis.Redis, store: RepositoryStore, clients: NodeClients
-) -> ReplicationWorker:
-    worker = ReplicationWorker(client, store, clients, VS, "gitaly-2", consumer="router-a", settings=SETTINGS)
-    await worker.start()
-    return worker
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    return SETTINGS
 
 
 @pytest.fixture
@@ -99,10 +97,10 @@ async def _track(store: RepositoryStore, nodes: dict[str, ReplicaNode], path: st
 
 async def test_a_copy_runs_under_a_lease_that_its_raise_releases(
     nodes: dict[str, ReplicaNode], watched: WatchedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis,
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     primary = await _track(store, nodes, "copied.git")
-    worker = await _worker(client, store, watched)
+    worker = await run_worker(watched, "gitaly-2")
     try:
         async def copied() -> bool:
             metadata = await store.require(VS, "copied.git")
@@ -123,13 +121,14 @@ async def test_a_copy_runs_under_a_lease_that_its_raise_releases(
 
 async def test_a_failed_copy_releases_its_lease_at_once(
     tmp_path: Path, nodes: dict[str, ReplicaNode], store: RepositoryStore, client: aioredis.Redis,
+    run_worker: StartWorker,
 ) -> None:
     # The source does not answer: the target's fetch fails, the event waits a
     # minute for its next attempt, and gitaly-2's elections must not.
     source = unreachable_node(tmp_path / "gone", "gitaly-1")
     clients = WatchedNodeClients([source.endpoint(), nodes["gitaly-2"].endpoint()], store)
     await store.track_repository(VS, "failed.git", primary="gitaly-1", assigned=NAMES)
-    worker = await _worker(client, store, clients)
+    worker = await run_worker(clients, "gitaly-2")
     try:
         await eventually(lambda: _retried(worker), what="the copy to fail once")
         assert [set(leases) for leases in clients.leases] == [{"gitaly-2"}]
@@ -145,11 +144,11 @@ async def _retried(worker: ReplicationWorker) -> bool:
 
 async def test_a_worker_stopped_mid_copy_releases_its_lease(
     nodes: dict[str, ReplicaNode], watched: WatchedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis,
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await _track(store, nodes, "stopped.git")
     watched.gate = asyncio.Event()  # never set: the call is never sent
-    worker = await _worker(client, store, watched)
+    worker = await run_worker(watched, "gitaly-2")
     try:
         await asyncio.wait_for(watched.reached.wait(), timeout=15)
         assert set(await store.copy_leases(VS, "stopped.git")) == {"gitaly-2"}

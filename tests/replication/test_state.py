@@ -10,7 +10,6 @@ from redis.exceptions import ResponseError
 
 from praefect.core.mutation import ChangeType
 from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
-from praefect.plugins.replication.events import ReplicationEvent
 from praefect.plugins.replication.intents import IntentStore
 from praefect.plugins.replication.keys import VirtualStorageKeys
 from praefect.plugins.replication.state import (
@@ -18,18 +17,11 @@ from praefect.plugins.replication.state import (
     RepositoryNotTracked,
     RepositoryStore,
 )
-from tests.support.replication_cluster import stream_entries
+from tests.support.replication_cluster import replication_events, stream_entries
 
 VS = "praefect"
 NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
 KEYS = VirtualStorageKeys(VS)
-
-
-async def _events(client: aioredis.Redis, target: str) -> list[ReplicationEvent]:
-    return [
-        ReplicationEvent.decode(fields, entry_id)
-        for entry_id, fields in await stream_entries(client, KEYS.events(target))
-    ]
 
 
 async def test_create_tracks_the_repository_with_its_primary_and_queues_the_replicas(
@@ -51,7 +43,7 @@ async def test_create_tracks_the_repository_with_its_primary_and_queues_the_repl
     assert metadata.outdated == {"gitaly-2": 1, "gitaly-3": 1}
     assert await store.list_paths(VS) == ["a/b.git"]
     for target in ("gitaly-2", "gitaly-3"):
-        [event] = await _events(client, target)
+        [event] = await replication_events(client, target)
         assert (event.change, event.source, event.target, event.generation) == (
             ChangeType.CREATE, "gitaly-1", target, 0,
         )
@@ -81,7 +73,7 @@ async def test_concurrent_mutations_lose_no_increment(
     metadata = await store.require(VS, "busy.git")
     assert metadata.generation == 200
     assert metadata.replica_generation("gitaly-1") == 200
-    events = await _events(client, "gitaly-2")
+    events = await replication_events(client, "gitaly-2")
     assert len(events) == 201
     assert sorted(event.generation for event in events) == list(range(201))
     # sequence numbers order events of one repository across retries: unique
@@ -124,7 +116,7 @@ async def test_events_are_written_atomically_with_the_generation_bump_and_the_in
         )
     metadata = await store.require(VS, "x.git")
     assert metadata.generation == 0, "no generation bump without its events"
-    assert len(await _events(client, "gitaly-2")) == 1, "no event without the bump"
+    assert len(await replication_events(client, "gitaly-2")) == 1, "no event without the bump"
     assert [i.id for i in await intents.list(VS)] == [intent.id], "the intent stays"
 
     await client.delete(KEYS.events("gitaly-3"))
@@ -132,8 +124,8 @@ async def test_events_are_written_atomically_with_the_generation_bump_and_the_in
         VS, "x.git", change=ChangeType.UPDATE, source="gitaly-1", assigned=NODES, intent_id=intent.id
     )
     assert record.generation == 1
-    assert [e.generation for e in await _events(client, "gitaly-2")] == [0, 1]
-    assert [e.generation for e in await _events(client, "gitaly-3")] == [1]
+    assert [e.generation for e in await replication_events(client, "gitaly-2")] == [0, 1]
+    assert [e.generation for e in await replication_events(client, "gitaly-3")] == [1]
     assert await intents.list(VS) == [], "cleared in the same call"
 
 
@@ -144,7 +136,7 @@ async def test_a_stale_assignment_is_corrected_from_redis(store: RepositoryStore
         VS, "s.git", change=ChangeType.UPDATE, source="gitaly-1", assigned=("gitaly-1", "gitaly-2")
     )
     assert record.targets == ("gitaly-2", "gitaly-3")
-    assert [e.generation for e in await _events(client, "gitaly-3")] == [0, 1]
+    assert [e.generation for e in await replication_events(client, "gitaly-3")] == [0, 1]
 
 
 async def test_track_repository_refuses_a_tracked_one(store: RepositoryStore) -> None:
@@ -159,7 +151,7 @@ async def test_delete_untracks_and_queues_removal(store: RepositoryStore, client
     await store.record_mutation(VS, "d.git", change=ChangeType.DELETE, source="gitaly-1", assigned=NODES)
     assert await store.get(VS, "d.git") is None
     assert await store.list_paths(VS) == []
-    assert [e.change for e in await _events(client, "gitaly-2")] == [ChangeType.CREATE, ChangeType.DELETE]
+    assert [e.change for e in await replication_events(client, "gitaly-2")] == [ChangeType.CREATE, ChangeType.DELETE]
 
 
 async def test_remove_repository_only_untracks(store: RepositoryStore, client: aioredis.Redis) -> None:
@@ -167,7 +159,7 @@ async def test_remove_repository_only_untracks(store: RepositoryStore, client: a
     assert await store.remove_repository(VS, "rm.git")
     assert not await store.remove_repository(VS, "rm.git")
     assert await store.get(VS, "rm.git") is None
-    assert len(await _events(client, "gitaly-2")) == 1, "no delete event"
+    assert len(await replication_events(client, "gitaly-2")) == 1, "no delete event"
 
 
 async def test_outdated_repositories_and_authoritative_storage(store: RepositoryStore) -> None:

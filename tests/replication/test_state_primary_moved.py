@@ -10,9 +10,7 @@ import redis.asyncio as aioredis
 
 from praefect.core.mutation import ChangeType
 from praefect.plugins.replication.embedded_redis import EmbeddedRedis, connect
-from praefect.plugins.replication.events import ReplicationEvent
 from praefect.plugins.replication.intents import IntentStore
-from praefect.plugins.replication.keys import VirtualStorageKeys
 from praefect.plugins.replication.state import (
     MutationRecord,
     PrimaryCheck,
@@ -20,18 +18,10 @@ from praefect.plugins.replication.state import (
     RepositoryStore,
     StateChange,
 )
-from tests.support.replication_cluster import stream_entries
+from tests.support.replication_cluster import replication_events
 
 VS = "praefect"
 NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
-KEYS = VirtualStorageKeys(VS)
-
-
-async def _events(client: aioredis.Redis, target: str) -> list[ReplicationEvent]:
-    return [
-        ReplicationEvent.decode(fields, entry_id)
-        for entry_id, fields in await stream_entries(client, KEYS.events(target))
-    ]
 
 
 async def _in_sync_at_generation_2(store: RepositoryStore, path: str) -> None:
@@ -66,7 +56,7 @@ async def test_a_write_the_former_primary_took_is_refused_and_its_replica_repair
     intent = await intents.record(
         VS, "a.git", router_id="r1", node="gitaly-1", replicas=NODES[1:], change=ChangeType.UPDATE
     )
-    events_before = {node: len(await _events(client, node)) for node in NODES}
+    events_before = {node: len(await replication_events(client, node)) for node in NODES}
     # gitaly-2 takes over while the write to gitaly-1 is in flight; then gitaly-1 answers OK.
     assert (await store.set_primary(VS, "a.git", "gitaly-2")).changed
     changes: list[StateChange] = []
@@ -88,13 +78,13 @@ async def test_a_write_the_former_primary_took_is_refused_and_its_replica_repair
     assert metadata.replica_generation("gitaly-1") == -1, "gitaly-1 holds an unacknowledged change"
     assert metadata.up_to_date == ("gitaly-2", "gitaly-3")
     assert error.metadata == metadata
-    [repair] = (await _events(client, "gitaly-1"))[events_before["gitaly-1"]:]
+    [repair] = (await replication_events(client, "gitaly-1"))[events_before["gitaly-1"]:]
     assert (repair.change, repair.source, repair.target, repair.generation) == (
         ChangeType.UPDATE, "gitaly-2", "gitaly-1", 2,
     )
     assert repair.sequence == metadata.version, "the repair is the newest event of gitaly-1"
     for node in NODES[1:]:
-        assert len(await _events(client, node)) == events_before[node], f"nothing queued for {node}"
+        assert len(await replication_events(client, node)) == events_before[node], f"nothing queued for {node}"
     assert await intents.list(VS) == [], "the intent is cleared in the same call"
     assert [change.metadata for change in changes] == [metadata], "the local view follows at once"
 
@@ -111,7 +101,7 @@ async def test_the_repair_comes_from_the_primary_even_while_it_trails_the_reposi
     await store.set_primary(VS, "t.git", "gitaly-2")
     with pytest.raises(PrimaryMoved):
         await _write_to(store, "t.git", "gitaly-1")
-    repair = (await _events(client, "gitaly-1"))[-1]
+    repair = (await replication_events(client, "gitaly-1"))[-1]
     assert (repair.source, repair.generation) == ("gitaly-2", 2)
 
 
@@ -125,7 +115,7 @@ async def test_a_delete_the_former_primary_took_leaves_the_repository_tracked_an
     metadata = await store.require(VS, "d.git")
     assert await store.list_paths(VS) == ["d.git"]
     assert (metadata.generation, metadata.replica_generation("gitaly-1")) == (2, -1)
-    repair = (await _events(client, "gitaly-1"))[-1]
+    repair = (await replication_events(client, "gitaly-1"))[-1]
     assert (repair.change, repair.source) == (ChangeType.UPDATE, "gitaly-3"), "recreated from gitaly-3"
 
 
@@ -137,18 +127,18 @@ async def test_a_write_to_the_primary_and_a_new_repository_are_recorded_as_befor
     assert (await store.require(VS, "n.git")).primary == "gitaly-2"
     updated = await _write_to(store, "n.git", "gitaly-2")
     assert updated.generation == 1
-    assert [e.source for e in await _events(client, "gitaly-1")] == ["gitaly-2", "gitaly-2"]
+    assert [e.source for e in await replication_events(client, "gitaly-1")] == ["gitaly-2", "gitaly-2"]
 
 
 async def test_refuse_only_changes_nothing(store: RepositoryStore, client: aioredis.Redis) -> None:
     await _in_sync_at_generation_2(store, "r.git")
     before = await store.require(VS, "r.git")
-    events_before = await _events(client, "gitaly-3")
+    events_before = await replication_events(client, "gitaly-3")
     with pytest.raises(PrimaryMoved, match="is gitaly-1, no longer gitaly-3: nothing was changed") as refused:
         await store.set_authoritative(VS, "r.git", "gitaly-3", only_if_primary=True)
     assert refused.value.repaired == ()
     assert await store.require(VS, "r.git") == before
-    assert await _events(client, "gitaly-3") == events_before
+    assert await replication_events(client, "gitaly-3") == events_before
     # unguarded (accept-dataloss before it moves the primary) it still works
     record = await store.set_authoritative(VS, "r.git", "gitaly-3")
     assert record.generation == 3
@@ -194,7 +184,7 @@ async def test_a_failover_between_concurrent_writes_splits_them_cleanly(
     assert metadata.generation == 2 + len(recorded)
     assert metadata.primary == "gitaly-2"
     assert metadata.replica_generation("gitaly-1") == -1
-    repairs = [e for e in await _events(client, "gitaly-1") if e.source == "gitaly-2"]
+    repairs = [e for e in await replication_events(client, "gitaly-1") if e.source == "gitaly-2"]
     assert len(repairs) == len(refused)
 
 

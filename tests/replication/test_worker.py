@@ -5,7 +5,6 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,12 @@ from praefect.plugins.replication.worker import ReplicationWorker, WorkerSetting
 from tests.support.replication_cluster import (
     VS,
     ReplicaNode,
+    StartWorker,
     add_commit,
     eventually,
     make_bare_repo,
     refs_of,
+    replication_events,
     stream_entries,
     unreachable_node,
 )
@@ -57,22 +58,8 @@ def node_names() -> list[str]:
 
 
 @pytest.fixture
-async def run_worker(
-    client: aioredis.Redis, store: RepositoryStore
-) -> AsyncIterator[Callable[..., Awaitable[ReplicationWorker]]]:
-    started: list[ReplicationWorker] = []
-
-    async def start(
-        clients: NodeClients, target: str, consumer: str = "router-a", settings: WorkerSettings = FAST
-    ) -> ReplicationWorker:
-        worker = ReplicationWorker(client, store, clients, VS, target, consumer=consumer, settings=settings)
-        await worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        await worker.stop()
+def worker_settings() -> WorkerSettings:
+    return FAST
 
 
 async def _replicate_supported(clients: NodeClients, nodes: dict[str, ReplicaNode]) -> None:
@@ -92,7 +79,7 @@ async def _settled(client: aioredis.Redis, target: str) -> bool:
 
 async def test_a_created_repository_is_replicated_and_the_event_acknowledged(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await _replicate_supported(node_clients, nodes)
     source = make_bare_repo(nodes["gitaly-1"].storage, "group/new.git", 3)
@@ -114,7 +101,7 @@ async def test_a_created_repository_is_replicated_and_the_event_acknowledged(
 
 async def test_events_of_one_repository_are_coalesced(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await _replicate_supported(node_clients, nodes)
     source = make_bare_repo(nodes["gitaly-1"].storage, "busy.git", 1)
@@ -137,7 +124,7 @@ async def test_events_of_one_repository_are_coalesced(
 
 async def test_an_event_the_target_already_has_is_acknowledged_without_a_call(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await store.track_repository(VS, "current.git", primary="gitaly-1", assigned=NAMES)
     await store.set_replica_generation(VS, "current.git", "gitaly-2", 0)
@@ -152,7 +139,7 @@ async def test_an_event_the_target_already_has_is_acknowledged_without_a_call(
 
 async def test_a_delete_removes_the_target_replica(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     for name in NAMES:
         make_bare_repo(nodes[name].storage, "gone.git", 1)
@@ -174,7 +161,7 @@ async def test_a_delete_removes_the_target_replica(
 
 async def test_failures_back_off_and_end_in_the_dead_letter_stream(
     tmp_path: Path, store: RepositoryStore, client: aioredis.Redis,
-    run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    run_worker: StartWorker,
 ) -> None:
     down = unreachable_node(tmp_path, "gitaly-down")
     clients = NodeClients(
@@ -197,11 +184,7 @@ async def test_failures_back_off_and_end_in_the_dead_letter_stream(
     assert letter.error.startswith("UNAVAILABLE"), letter.error
     assert (worker.stats.retried, worker.stats.dead_lettered) == (2, 1)
     # the retries were appended with growing backoff: 0.1 s, then 0.2 s
-    retries = [
-        ReplicationEvent.decode(fields, entry_id)
-        for entry_id, fields in await stream_entries(client, KEYS.events("gitaly-down"))
-        if fields["attempt"] != "0"
-    ]
+    retries = [event for event in await replication_events(client, "gitaly-down") if event.attempt != 0]
     assert [event.attempt for event in retries] == [1, 2]
     delays = [
         round(event.not_before - int(str(event.stream_id).split("-")[0]) / 1000, 1)
@@ -214,7 +197,7 @@ async def test_failures_back_off_and_end_in_the_dead_letter_stream(
 
 async def test_pending_events_of_a_dead_consumer_are_claimed(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await store.track_repository(VS, "orphan.git", primary="gitaly-1", assigned=NAMES)
     await store.set_replica_generation(VS, "orphan.git", "gitaly-2", 0)
@@ -239,7 +222,7 @@ async def test_pending_events_of_a_dead_consumer_are_claimed(
 
 async def test_events_a_live_worker_holds_are_not_claimed_by_others(
     tmp_path: Path, store: RepositoryStore, client: aioredis.Redis,
-    run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    run_worker: StartWorker,
 ) -> None:
     clients = NodeClients([unreachable_node(tmp_path, "gitaly-2").endpoint()])
     try:
@@ -271,7 +254,7 @@ async def test_events_a_live_worker_holds_are_not_claimed_by_others(
 
 async def test_a_restarted_worker_resumes_its_own_pending_events(
     nodes: dict[str, ReplicaNode], node_clients: NodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     await store.track_repository(VS, "resume.git", primary="gitaly-1", assigned=NAMES)
     await store.set_replica_generation(VS, "resume.git", "gitaly-3", 0)
@@ -341,7 +324,7 @@ async def test_a_worker_carries_on_after_redis_is_killed_and_restarted(
 
 
 async def test_an_unreadable_event_goes_to_the_dead_letter_stream_at_once(
-    tmp_path: Path, client: aioredis.Redis, run_worker: Callable[..., Awaitable[ReplicationWorker]]
+    tmp_path: Path, client: aioredis.Redis, run_worker: StartWorker
 ) -> None:
     clients = NodeClients([unreachable_node(tmp_path, "gitaly-2").endpoint()])
     try:
@@ -363,7 +346,7 @@ async def test_an_unreadable_event_goes_to_the_dead_letter_stream_at_once(
 
 async def test_an_event_from_before_a_delete_and_re_creation_is_skipped(
     tmp_path: Path, store: RepositoryStore, client: aioredis.Redis,
-    run_worker: Callable[..., Awaitable[ReplicationWorker]],
+    run_worker: StartWorker,
 ) -> None:
     clients = NodeClients(
         [unreachable_node(tmp_path, name).endpoint() for name in ("gitaly-1", "gitaly-2")]

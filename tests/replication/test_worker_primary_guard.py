@@ -27,11 +27,12 @@ from praefect.plugins.replication.state import (
     RepositoryStore,
 )
 from praefect.plugins.replication.streams import queue_status
-from praefect.plugins.replication.worker import ReplicationWorker, WorkerSettings
+from praefect.plugins.replication.worker import WorkerSettings
 from tests.support.gitenv import git
 from tests.support.replication_cluster import (
     VS,
     ReplicaNode,
+    StartWorker,
     add_commit,
     eventually,
     make_bare_repo,
@@ -116,22 +117,8 @@ async def clients(
 
 
 @pytest.fixture
-async def run_worker(
-    client: aioredis.Redis, store: RepositoryStore
-) -> AsyncIterator[Callable[[NodeClients, str], Awaitable[ReplicationWorker]]]:
-    started: list[ReplicationWorker] = []
-
-    async def start(node_clients: NodeClients, target: str) -> ReplicationWorker:
-        worker = ReplicationWorker(
-            client, store, node_clients, VS, target, consumer="router-a", settings=SETTINGS
-        )
-        await worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        await worker.stop()
+def worker_settings() -> WorkerSettings:
+    return SETTINGS
 
 
 async def _settled(client: aioredis.Redis, target: str) -> bool:
@@ -157,7 +144,7 @@ def _clone_bare(source: Path, target: Path) -> None:
 
 async def test_an_event_whose_target_became_the_primary_is_acknowledged_without_a_copy(
     nodes: dict[str, ReplicaNode], clients: HookedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[[NodeClients, str], Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = "moved.git"
@@ -193,7 +180,7 @@ async def test_an_event_whose_target_became_the_primary_is_acknowledged_without_
 
 async def test_a_source_dropped_during_the_copy_does_not_get_the_target_raised(
     nodes: dict[str, ReplicaNode], clients: HookedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[[NodeClients, str], Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     path = "refused.git"
     await _track(store, nodes, path)
@@ -244,7 +231,7 @@ async def test_a_source_dropped_during_the_copy_does_not_get_the_target_raised(
 
 async def test_a_copy_from_a_primary_that_takes_writes_meanwhile_still_raises_the_target(
     nodes: dict[str, ReplicaNode], clients: HookedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[[NodeClients, str], Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     path = "busy.git"
     primary = await _track(store, nodes, path)
@@ -276,7 +263,7 @@ async def test_a_copy_from_a_primary_that_takes_writes_meanwhile_still_raises_th
 
 async def test_the_normal_path_raises_the_target_to_the_source_generation(
     nodes: dict[str, ReplicaNode], clients: HookedNodeClients, store: RepositoryStore,
-    client: aioredis.Redis, run_worker: Callable[[NodeClients, str], Awaitable[ReplicationWorker]],
+    client: aioredis.Redis, run_worker: StartWorker,
 ) -> None:
     path = "plain.git"
     primary = await _track(store, nodes, path)

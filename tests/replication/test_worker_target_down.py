@@ -17,13 +17,14 @@ from praefect.plugins.replication.runtime import (
 )
 from praefect.plugins.replication.state import RepositoryStore
 from praefect.plugins.replication.streams import queue_status
-from praefect.plugins.replication.worker import ReplicationWorker, WorkerSettings
+from praefect.plugins.replication.worker import WorkerSettings
 from praefect.settings import Config
 from tests.support.processes import start_node
 from tests.support.replication_cluster import (
     NODE_TOKEN,
     VS,
     ReplicaNode,
+    StartWorker,
     eventually,
     make_bare_repo,
     refs_of,
@@ -51,16 +52,14 @@ def node_names() -> list[str]:
     return NAMES
 
 
-async def _worker(
-    client: aioredis.Redis, store: RepositoryStore, clients: NodeClients, target: str
-) -> ReplicationWorker:
-    worker = ReplicationWorker(client, store, clients, VS, target, consumer="router-a", settings=SETTINGS)
-    await worker.start()
-    return worker
+@pytest.fixture
+def worker_settings() -> WorkerSettings:
+    return SETTINGS
 
 
 async def test_events_for_a_target_that_is_down_wait_for_it_and_then_replicate(
-    nodes: dict[str, ReplicaNode], client: aioredis.Redis, store: RepositoryStore
+    nodes: dict[str, ReplicaNode], client: aioredis.Redis, store: RepositoryStore,
+    run_worker: StartWorker,
 ) -> None:
     source = make_bare_repo(nodes["gitaly-1"].storage, "waits.git", 2)
     down = nodes["gitaly-2"]
@@ -68,7 +67,7 @@ async def test_events_for_a_target_that_is_down_wait_for_it_and_then_replicate(
     await asyncio.to_thread(down.process.kill9)
     clients = NodeClients(node.endpoint() for node in nodes.values())
     await store.track_repository(VS, "waits.git", primary="gitaly-1", assigned=NAMES)
-    worker = await _worker(client, store, clients, "gitaly-2")
+    worker = await run_worker(clients, "gitaly-2")
     try:
 
         async def probed_for_a_while() -> bool:
@@ -99,13 +98,14 @@ async def test_events_for_a_target_that_is_down_wait_for_it_and_then_replicate(
 
 
 async def test_a_target_that_answers_but_fails_uses_up_its_attempts(
-    nodes: dict[str, ReplicaNode], client: aioredis.Redis, store: RepositoryStore, tmp_path: Path
+    nodes: dict[str, ReplicaNode], client: aioredis.Redis, store: RepositoryStore, tmp_path: Path,
+    run_worker: StartWorker,
 ) -> None:
     # The target is up; the source it must fetch from is not.
     gone = unreachable_node(tmp_path, "gitaly-gone")
     clients = NodeClients([nodes["gitaly-2"].endpoint(), gone.endpoint()])
     await store.track_repository(VS, "orphan.git", primary="gitaly-gone", assigned=["gitaly-gone", "gitaly-2"])
-    worker = await _worker(client, store, clients, "gitaly-2")
+    worker = await run_worker(clients, "gitaly-2")
     try:
 
         async def dead_lettered() -> bool:

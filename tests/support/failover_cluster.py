@@ -55,6 +55,14 @@ USER = shared_pb2.User(gl_id="user-1", name=b"Failover Test", email=b"ft@example
 FAST_FAILOVER = {"health_check_interval": 0.2, "vote_window": 2.0}
 
 
+def sees_healthy(server: RouterServer, name: str) -> bool:
+    """Whether the router ``server`` takes node ``name`` of VS as healthy now."""
+    assert server.router is not None, "the router is not started"
+    cluster = server.router.cluster
+    healthy: bool = cluster.is_healthy(cluster.virtual_storage(VS).node(name))
+    return healthy
+
+
 def replication_is_default() -> bool:
     """True once ``praefect.plugins.replication`` exports its hooks (a default plugin)."""
     return hasattr(importlib.import_module("praefect.plugins.replication"), "startup")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
+from abc import abstractmethod
+
+from praefect.core.lifecycle import StartStop
 
 CHUNK = 64 * 1024
 CLOSE_WITHIN = 5.0
@@ -46,66 +48,67 @@ class _Connections:
                 task.cancel()
 
 
-class SilentServer:
-    """Accepts connections on 127.0.0.1 and never answers."""
+class _LoopbackServer(StartStop):
+    """A TCP server on 127.0.0.1 (a free port); its connections close with it."""
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._connections = _Connections()
-        self.accepted = 0
 
     @property
     def address(self) -> str:
-        assert self._server is not None, "the silent server is not started"
+        assert self._server is not None, f"the {type(self).__name__} is not started"
         host, port = self._server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._connections.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.track(task)
         self._connections.writers.add(writer)
+        await self._serve(reader, writer)
+
+    @abstractmethod
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection."""
+
+
+class SilentServer(_LoopbackServer):
+    """Accepts connections on 127.0.0.1 and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
         with contextlib.suppress(ConnectionError):
             while await reader.read(CHUNK):
                 pass
         writer.close()
 
-    async def __aenter__(self) -> SilentServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._connections.close()
-        await self._server.wait_closed()
-
-
-class FreezableProxy:
+class FreezableProxy(_LoopbackServer):
     """A TCP proxy on 127.0.0.1 to `target` (HOST:PORT) that can go silent."""
 
     def __init__(self, target: str) -> None:
+        super().__init__()
         self.target = target
-        self._server: asyncio.Server | None = None
-        self._connections = _Connections()
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._frozen = asyncio.Event()
         self._freeze_after: int | None = None
         #: bytes forwarded from the target to the clients
         self.bytes_down = 0
-
-    @property
-    def address(self) -> str:
-        assert self._server is not None, "the proxy is not started"
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
 
     def freeze(self) -> None:
         """Stop forwarding in both directions; nothing is closed."""
@@ -124,6 +127,12 @@ class FreezableProxy:
         self._freeze_after = None
         self._frozen.clear()
         self._flowing.set()
+
+    async def stop(self) -> None:
+        # A frozen pump waits for the thaw, not for its connection: thawed,
+        # the pumps end when the connections close.
+        self.thaw()
+        await super().stop()
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
@@ -150,10 +159,6 @@ class FreezableProxy:
     async def _serve(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.track(task)
-        self._connections.writers.add(client_writer)
         host, _, port = self.target.rpartition(":")
         try:
             target_reader, target_writer = await asyncio.open_connection(host, int(port))
@@ -165,19 +170,3 @@ class FreezableProxy:
             self._pump(client_reader, target_writer, downstream=False),
             self._pump(target_reader, client_writer, downstream=True),
         )
-
-    async def __aenter__(self) -> FreezableProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.thaw()
-        await self._connections.close()
-        await self._server.wait_closed()

@@ -21,13 +21,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc import aio
 
-from praefect.core.methods import CallKind
-from praefect.core.registry import default_registry
+from tests.support.generic_grpc import generic_server, handler_of_kind, method_kind
 
 BEHAVIOUR_KEY = "x-test-behaviour"
 
@@ -62,8 +60,6 @@ class RecordingNode:
             self.arrived.notify_all()
 
     def _handler(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = default_registry().get(details.method)
-        kind = method.kind if method is not None else CallKind.UNARY_UNARY
         node = self
 
         async def begin(context: aio.ServicerContext) -> tuple[RecordedCall, str]:
@@ -137,38 +133,21 @@ class RecordingNode:
             finally:
                 call.finished.set()
 
-        handlers: dict[CallKind, Any] = {
-            CallKind.UNARY_UNARY: grpc.unary_unary_rpc_method_handler(unary_unary),
-            CallKind.UNARY_STREAM: grpc.unary_stream_rpc_method_handler(unary_stream),
-            CallKind.STREAM_UNARY: grpc.stream_unary_rpc_method_handler(stream_unary),
-            CallKind.STREAM_STREAM: grpc.stream_stream_rpc_method_handler(stream_stream),
-        }
-        handler: grpc.RpcMethodHandler = handlers[kind]
-        return handler
-
-
-class _Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, node: RecordingNode) -> None:
-        self._node = node
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        return self._node._handler(details)
+        return handler_of_kind(
+            method_kind(details.method),
+            unary_unary=unary_unary,
+            unary_stream=unary_stream,
+            stream_unary=stream_unary,
+            stream_stream=stream_stream,
+        )
 
 
 @contextlib.asynccontextmanager
 async def recording_node() -> AsyncIterator[RecordingNode]:
     node = RecordingNode()
-    limit = 64 * 1024 * 1024  # as a real node: the router's tests send more than 4 MiB
-    server = aio.server(
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    )
-    server.add_generic_rpc_handlers((_Generic(node),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    node.server = server
-    node.address = f"tcp://127.0.0.1:{port}"
-    try:
-        yield node
-    finally:
-        node.release.set()
-        await server.stop(0)
+    async with generic_server(node._handler) as (server, address):
+        node.server, node.address = server, address
+        try:
+            yield node
+        finally:
+            node.release.set()

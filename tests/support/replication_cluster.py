@@ -10,14 +10,31 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from praefect.plugins.replication.nodes import NodeEndpoint
+from praefect.plugins.replication.events import ReplicationEvent
+from praefect.plugins.replication.keys import VirtualStorageKeys
+from praefect.plugins.replication.nodes import NodeClients, NodeEndpoint
+from praefect.plugins.replication.worker import ReplicationWorker, WorkerSettings
 from tests.support.gitenv import git, make_work_repo
 from tests.support.processes import ServerProcess, start_node
 
 NODE_TOKEN = "replication-node-token"
 VS = "praefect"
+
+
+class StartWorker(Protocol):
+    """The ``run_worker`` fixture: starts a replication worker of VS for
+    ``target`` (``settings``: the module's ``worker_settings``)."""
+
+    async def __call__(
+        self,
+        clients: NodeClients,
+        target: str,
+        *,
+        consumer: str = "router-a",
+        settings: WorkerSettings | None = None,
+    ) -> ReplicationWorker: ...
 
 
 @contextmanager
@@ -102,6 +119,14 @@ async def stream_entries(client: Any, key: str) -> list[tuple[str, dict[str, str
     """XRANGE of a whole stream as (id, fields) with text values."""
     entries: Any = await client.xrange(key)
     return [(str(entry_id), dict(fields)) for entry_id, fields in entries]
+
+
+async def replication_events(client: Any, target: str) -> list[ReplicationEvent]:
+    """The events in ``target``'s replication stream (virtual storage VS), oldest first."""
+    return [
+        ReplicationEvent.decode(fields, entry_id)
+        for entry_id, fields in await stream_entries(client, VirtualStorageKeys(VS).events(target))
+    ]
 
 
 def refs_of(bare: Path) -> str:

@@ -27,11 +27,8 @@ import grpc
 from grpc import aio
 
 from praefect.core.methods import CallKind
-from praefect.core.registry import default_registry
 from praefect.settings import parse_address
-
-_LIMIT = 64 * 1024 * 1024
-_OPTIONS = [("grpc.max_receive_message_length", _LIMIT), ("grpc.max_send_message_length", _LIMIT)]
+from tests.support.generic_grpc import LARGE_MESSAGES, generic_server, handler_of_kind, method_kind
 
 
 @dataclass
@@ -46,7 +43,7 @@ class ProxiedCall:
 
 class HoldingProxy:
     def __init__(self, upstream: str) -> None:
-        self.channel = aio.insecure_channel(str(parse_address(upstream).grpc_target), options=_OPTIONS)
+        self.channel = aio.insecure_channel(str(parse_address(upstream).grpc_target), options=LARGE_MESSAGES)
         self.calls: list[ProxiedCall] = []
         self.held = asyncio.Event()
         self.release = asyncio.Event()
@@ -78,14 +75,23 @@ class HoldingProxy:
 
     def handler(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = details.method
-        info = default_registry().get(method)
-        kind = info.kind if info is not None else CallKind.UNARY_UNARY
-        proxy, channel = self, self.channel
+        kind = method_kind(method)
+        proxy = self
+        # The upstream call of the same kind: bytes or an iterator of them in,
+        # bytes or an iterator of them out.
+        if kind is CallKind.UNARY_UNARY:
+            forward: Any = self.channel.unary_unary(method)
+        elif kind is CallKind.UNARY_STREAM:
+            forward = self.channel.unary_stream(method)
+        elif kind is CallKind.STREAM_UNARY:
+            forward = self.channel.stream_unary(method)
+        else:
+            forward = self.channel.stream_stream(method)
 
-        async def unary_unary(request: bytes, context: aio.ServicerContext) -> bytes:
+        async def one_response(request: Any, context: aio.ServicerContext) -> bytes:
             call = await proxy._begin(method)
             try:
-                response: bytes = await channel.unary_unary(method)(
+                response: bytes = await forward(
                     request, metadata=_forwarded(context), timeout=context.time_remaining()
                 )
                 return response
@@ -95,55 +101,25 @@ class HoldingProxy:
             finally:
                 proxy._end(call)
 
-        async def unary_stream(request: bytes, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def responses(request: Any, context: aio.ServicerContext) -> AsyncIterator[bytes]:
             call = await proxy._begin(method)
             try:
-                upstream: Any = channel.unary_stream(method)(
+                async for response in forward(
                     request, metadata=_forwarded(context), timeout=context.time_remaining()
-                )
-                async for response in upstream:
+                ):
                     yield response
             except aio.AioRpcError as error:
                 await _relay_error(context, error)
             finally:
                 proxy._end(call)
 
-        async def stream_unary(requests: AsyncIterator[bytes], context: aio.ServicerContext) -> bytes:
-            call = await proxy._begin(method)
-            try:
-                response: bytes = await channel.stream_unary(method)(
-                    requests, metadata=_forwarded(context), timeout=context.time_remaining()
-                )
-                return response
-            except aio.AioRpcError as error:
-                await _relay_error(context, error)
-                raise
-            finally:
-                proxy._end(call)
-
-        async def stream_stream(
-            requests: AsyncIterator[bytes], context: aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
-            call = await proxy._begin(method)
-            try:
-                upstream: Any = channel.stream_stream(method)(
-                    requests, metadata=_forwarded(context), timeout=context.time_remaining()
-                )
-                async for response in upstream:
-                    yield response
-            except aio.AioRpcError as error:
-                await _relay_error(context, error)
-            finally:
-                proxy._end(call)
-
-        handlers: dict[CallKind, Any] = {
-            CallKind.UNARY_UNARY: grpc.unary_unary_rpc_method_handler(unary_unary),
-            CallKind.UNARY_STREAM: grpc.unary_stream_rpc_method_handler(unary_stream),
-            CallKind.STREAM_UNARY: grpc.stream_unary_rpc_method_handler(stream_unary),
-            CallKind.STREAM_STREAM: grpc.stream_stream_rpc_method_handler(stream_stream),
-        }
-        handler: grpc.RpcMethodHandler = handlers[kind]
-        return handler
+        return handler_of_kind(
+            kind,
+            unary_unary=one_response,
+            unary_stream=responses,
+            stream_unary=one_response,
+            stream_stream=responses,
+        )
 
 
 def _forwarded(context: aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
@@ -158,26 +134,16 @@ async def _relay_error(context: aio.ServicerContext, error: aio.AioRpcError) -> 
     await context.abort(error.code(), error.details() or "", trailing_metadata=error.trailing_metadata())
 
 
-class _Generic(grpc.GenericRpcHandler):  # type: ignore[misc]
-    def __init__(self, proxy: HoldingProxy) -> None:
-        self._proxy = proxy
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        return self._proxy.handler(details)
-
-
 @contextlib.asynccontextmanager
 async def holding_proxy(upstream: str) -> AsyncIterator[HoldingProxy]:
     """A proxy to the node at ``upstream`` (``tcp://host:port``) on a free loopback port."""
     proxy = HoldingProxy(upstream)
-    server = aio.server(options=_OPTIONS)
-    server.add_generic_rpc_handlers((_Generic(proxy),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    proxy.address = f"tcp://127.0.0.1:{port}"
     try:
-        yield proxy
+        async with generic_server(proxy.handler) as (_, address):
+            proxy.address = address
+            try:
+                yield proxy
+            finally:
+                proxy.release.set()
     finally:
-        proxy.release.set()
-        await server.stop(0)
         await proxy.channel.close()
