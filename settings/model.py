@@ -126,6 +126,8 @@ class ReplicationConfig:
     claim_idle: float = 60.0
     call_timeout: float = 300.0
     concurrency: int = 4
+    #: seconds between verifications of a replica's existence; 0: off
+    verification_interval: float = 604800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,7 @@ class Config:
                 "claim_idle": self.replication.claim_idle,
                 "call_timeout": self.replication.call_timeout,
                 "concurrency": self.replication.concurrency,
+                "verification_interval": self.replication.verification_interval,
             },
             "failover": {
                 "enabled": self.failover.enabled,

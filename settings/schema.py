@@ -427,6 +427,16 @@ SCHEMA: Final[tuple[Key | Table, ...]] = (
         default=4,
         minimum=1,
     ),
+    Key(
+        "replication.verification_interval",
+        "float",
+        "seconds after which every replica is checked again for existence on its node (a disk "
+        "replaced by an empty one); a replica found missing loses its generation and is "
+        "repaired from an up-to-date one. 604800 is 7 days; 0 turns verification off. "
+        "`praefect verify` checks a node's replicas at once",
+        default=604800.0,
+        minimum=0,
+    ),
     Table("failover", "health checks and primary failover"),
     Key(
         "failover.enabled",

@@ -30,6 +30,7 @@ def _register_commands() -> None:
         replication_cmd,
         serve_cmd,
         storages_cmd,
+        verify_cmd,
     )
 
 

@@ -37,6 +37,11 @@ from praefect.plugins.failover.election import Elector
 from praefect.plugins.failover.moves import DEFAULT_COPY_WAIT, Move, PrimaryMover, count_changes
 from praefect.plugins.failover.votes import HealthVotes, NodeView
 from praefect.plugins.replication.state import PrimaryChange, RepositoryMetadata, RepositoryStore
+from praefect.plugins.replication.verification_store import (
+    ReplicaVerification,
+    VerificationStore,
+    describe_verification,
+)
 from praefect.settings import Config
 
 T = TypeVar("T")
@@ -303,20 +308,26 @@ def metadata_command(
     settings = load_config_or_exit(config, secrets)
     vs = _virtual_storage(settings, virtual_storage)
 
-    async def read(
-        redis: _Redis,
-    ) -> tuple[RepositoryMetadata, int | None, dict[str, NodeView], dict[str, float]]:
+    configured = settings.virtual_storage(vs).node_names
+
+    async def read(redis: _Redis) -> _RepositoryView:
         repo = await redis.store.get(vs, relative_path)
         if repo is None:
             fail(f"repository {relative_path!r} is not tracked in virtual storage {vs!r}")
         assert repo is not None
         acked = await redis.store.client.hget(redis.store.keys(vs).repository(relative_path), "acked")
-        copies = await redis.store.copy_leases(vs, relative_path)
-        return repo, (int(acked) if acked is not None else None), await redis.votes.view(vs), copies
+        names = list(dict.fromkeys((*configured, *repo.assigned, *repo.replica_generations)))
+        return _RepositoryView(
+            repo,
+            int(acked) if acked is not None else None,
+            await redis.votes.view(vs),
+            await redis.store.copy_leases(vs, relative_path),
+            await VerificationStore(redis.store).entries(vs, relative_path, names),
+            names,
+        )
 
-    repo, acked, view, copies = _run(settings, read)
-    configured = settings.virtual_storage(vs).node_names
-    names = list(dict.fromkeys((*configured, *repo.assigned, *repo.replica_generations)))
+    seen = _run(settings, read)
+    repo, acked, view, copies, names = seen.repo, seen.acked, seen.view, seen.copies, seen.names
     console = _console()
     console.print(f"Repository {relative_path} in virtual storage {vs}")
     console.print(f"  Primary: {repo.primary}")
@@ -343,7 +354,7 @@ def metadata_command(
             "the copy ends"
         )
     table = Table(title="Replicas")
-    for column in ("Storage", "Role", "Generation", "Up to date", "Healthy", "Assigned"):
+    for column in ("Storage", "Role", "Generation", "Up to date", "Healthy", "Assigned", "Verified"):
         table.add_column(column)
     for name in names:
         have = repo.replica_generation(name)
@@ -364,8 +375,21 @@ def metadata_command(
             freshness,
             health,
             "yes" if name in repo.assigned else "no",
+            describe_verification(seen.verified.get(name)),
         )
     console.print(table)
+
+
+@dataclass(frozen=True, slots=True)
+class _RepositoryView:
+    """What `praefect metadata` read of one repository."""
+
+    repo: RepositoryMetadata
+    acked: int | None
+    view: dict[str, NodeView]
+    copies: dict[str, float]
+    verified: dict[str, ReplicaVerification]
+    names: list[str]
 
 
 def _healthy(view: dict[str, NodeView], name: str) -> bool:

@@ -103,6 +103,14 @@ class ReplicationMetrics:
             labels,
             registry=registry,
         )
+        self.verifications = Counter(
+            "praefect_replication_verifications",
+            "Replica verifications this process ran, by result: exists, missing (generation "
+            "dropped, repair queued), failed (the node did not answer: no verdict) or "
+            "inconclusive (the answer was not recorded: a copy, write or mark raced it)",
+            ["virtual_storage", "node", "result"],
+            registry=registry,
+        )
 
     def observe_delay(self, virtual_storage: str, target: str, seconds: float) -> None:
         self.delay.labels(virtual_storage, target).observe(max(0.0, seconds))
@@ -118,6 +126,9 @@ class ReplicationMetrics:
 
     def set_dead_letters(self, virtual_storage: str, target: str, events: int) -> None:
         self.dead_letters.labels(virtual_storage, target).set(events)
+
+    def count_verification(self, virtual_storage: str, node: str, result: str) -> None:
+        self.verifications.labels(virtual_storage, node, result).inc()
 
 
 class _ClusterCollector(Collector):

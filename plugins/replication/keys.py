@@ -71,6 +71,26 @@ class VirtualStorageKeys:
         """
         return f"{self.base}:copies:{relative_path}"
 
+    def verification_due(self, node: str) -> str:
+        """ZSET of the replicas on ``node`` the verification worker checks, by relative path.
+
+        Score: Redis time (ms) of the replica's last verification (at first,
+        of when a worker saw it get its generation: a write or copy had just
+        succeeded into it), minus the time of the mark for one ``praefect
+        verify`` marked. The lowest scores are checked first.
+        """
+        _check_name("node", node)
+        return f"{self.base}:verify:{node}"
+
+    def verification_claims(self, node: str) -> str:
+        """HASH relative path -> JSON claim of a verification of the replica on ``node`` under way.
+
+        A claim names its holder's token and expires (Redis time, ms), so a
+        worker that dies mid-batch holds its replicas only that long.
+        """
+        _check_name("node", node)
+        return f"{self.base}:verify-claims:{node}"
+
     def intent_lock(self, intent_id: str) -> str:
         """Short-lived lock taken by the router that resolves an intent."""
         return f"{self.base}:intent-lock:{intent_id}"

@@ -9,6 +9,9 @@ on its own (workers only, no intents of its own). It owns:
 - the :class:`RepositoryStore` and the :class:`StateCache` (local writes
   are applied to the cache at once);
 - one :class:`ReplicationWorker` per (virtual storage, node);
+- the :class:`VerificationWorker` (with the workers, unless
+  ``replication.verification_interval`` is 0), which notices replicas that
+  vanished from their node and has them repaired;
 - this router's liveness key and the :class:`IntentResolver`;
 - the mutation path: :meth:`begin_mutation` before forwarding,
   :meth:`record_mutation` after the primary's OK, :meth:`abandon_mutation`
@@ -49,9 +52,11 @@ from praefect.plugins.replication.nodes import NodeClients, NodeEndpoint
 from praefect.plugins.replication.state import (
     MutationRecord,
     PrimaryCheck,
+    PrimaryMissing,
     PrimaryMoved,
     RepositoryStore,
 )
+from praefect.plugins.replication.verification import VerificationSettings, VerificationWorker
 from praefect.plugins.replication.worker import WorkerPool, WorkerSettings
 from praefect.settings import Config
 
@@ -59,6 +64,7 @@ log = logging.getLogger("praefect.replication")
 
 __all__ = [
     "DEFINITE_FAILURES",
+    "PrimaryMissing",
     "PrimaryMoved",
     "RedisUnavailable",
     "ReplicationRuntime",
@@ -131,6 +137,8 @@ class RuntimeOptions:
     #: start an embedded Redis when ``redis.url`` is empty (else connect to its socket)
     embedded_redis: bool = True
     worker_settings: WorkerSettings | None = None
+    #: the verification worker's pace (None: from the settings); runs with the workers
+    verification: VerificationSettings | None = None
     presence_ttl: float = 15.0
     resolver_interval: float = 5.0
 
@@ -161,6 +169,7 @@ class ReplicationRuntime:
         self.workers: WorkerPool | None = None
         self.presence: RouterPresence | None = None
         self.resolver: IntentResolver | None = None
+        self.verifier: VerificationWorker | None = None
         # intents of calls this router is forwarding right now
         self._in_flight: set[str] = set()
 
@@ -217,6 +226,13 @@ class ReplicationRuntime:
         for listener in self._listeners:
             self._cache.subscribe(listener)
         self._store.on_change = self._cache.apply
+        verification = self.options.verification or VerificationSettings.from_settings(settings)
+        if self.options.workers and verification.interval > 0:
+            self.verifier = VerificationWorker(
+                self._store, self._cache, self.nodes, settings=verification, metrics=self.metrics
+            )
+            # Before the first read of the state, which it sees as changes.
+            self._cache.subscribe(self.verifier.changed)
         await self._cache.start()
         self.intents = IntentStore(self._client)
         if self.options.intents:
@@ -251,6 +267,8 @@ class ReplicationRuntime:
                 metrics=self.metrics,
             )
             await self.workers.start()
+        if self.verifier is not None:
+            await self.verifier.start()
         log.info(
             "replication started as %s (Redis %s; %d workers)",
             self.router_id,
@@ -260,6 +278,10 @@ class ReplicationRuntime:
 
     async def stop(self) -> None:
         """Stop background work; events in hand stay pending for another worker."""
+        if self.verifier is not None:
+            # Claims in hand expire after their lease.
+            await self.verifier.stop()
+            self.verifier = None
         if self.workers is not None:
             await self.workers.stop()
             self.workers = None
@@ -297,9 +319,24 @@ class ReplicationRuntime:
         replicas: Iterable[str],
         change: ChangeType,
     ) -> Intent:
-        """Record the intent of a mutator about to be forwarded to ``primary``."""
+        """Record the intent of a mutator about to be forwarded to ``primary``.
+
+        Raises :class:`PrimaryMissing` (FAILED_PRECONDITION) instead when
+        this router's view says ``primary``'s replica was found missing:
+        nothing is sent to a node that lost the repository (the recording
+        script refuses such a write too, should the view lag).
+        """
         if self.intents is None:
             raise RuntimeError("replication is not started")
+        if change is not ChangeType.DELETE and self._cache is not None:
+            metadata = self._cache.get(virtual_storage, relative_path)
+            if (
+                metadata is not None
+                and metadata.primary == primary
+                and primary in metadata.assigned
+                and metadata.replica_generation(primary) < 0
+            ):
+                raise PrimaryMissing(metadata, primary)
         # In flight before it exists in Redis: this router's resolver must
         # never see the intent of a call it is still forwarding as orphaned.
         intent_id = new_intent_id()

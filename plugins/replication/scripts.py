@@ -86,10 +86,16 @@ end
 #       new repository; the expected one with a check), intent id (or ''),
 #       changes maxlen, mode ('record' or 'track'), created_at, virtual
 #       storage, trace (JSON), check ('', 'refuse' or 'repair'), target...
+# With a check, a write whose node (the primary) has no replica generation is
+# refused too, with status 'missing' (and the intent cleared): verification
+# found that node's repository gone, and a write into what is left must not
+# become the repository's newest generation.
+#
 # Returns {status, generation, version, state}; status is 'ok', 'stale' (the
 # caller's assignment differs: state holds the stored one), 'exists' (mode
-# 'track' on a tracked repository: state holds it) or 'moved' (state holds
-# the repository after the refusal; version is 0 when nothing changed).
+# 'track' on a tracked repository: state holds it), 'moved' (state holds
+# the repository after the refusal; version is 0 when nothing changed) or
+# 'missing' (state holds the repository; nothing changed).
 _RECORD_MUTATION = r"""
 local repo, repos, version_key, changes, intents = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local path, change, source, assigned = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -132,6 +138,17 @@ if exists then
       'trace', trace, 'attempt', 0, 'not_before', 0)
     if intent ~= '' then redis.call('HDEL', intents, intent) end
     return {'moved', generation, version, state}
+  end
+  -- The primary has no replica generation: verification found its
+  -- repository gone (a dead disk replaced by an empty one). Whatever the write
+  -- did there is not a copy of any generation; recorded, it would become the
+  -- newest and be replicated over the real copies. Refused; the intent is
+  -- cleared (the node's copy is replaced when a replica takes over).
+  if check ~= '' and change ~= 'delete' and source ~= ''
+     and not redis.call('HGET', repo, 'g:' .. source) then
+    if intent ~= '' then redis.call('HDEL', intents, intent) end
+    return {'missing', tonumber(redis.call('HGET', repo, 'generation')), 0,
+            cjson.encode(hgetall_table(repo))}
   end
   local stored = redis.call('HGET', repo, 'assigned')
   if stored ~= assigned then
@@ -410,6 +427,227 @@ return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_
 """
 
 
+# Claim the verification of the replica of one repository on one node: due
+# (its score, the time of its last verification, is older than the interval,
+# in Redis time), not claimed by another worker (or that claim expired), and
+# a replica the state believes in (tracked, assigned, with a generation).
+# A replica with a copy running into it (a copy lease) is left for later: a
+# repository being created by a copy does not exist until the copy renames
+# it into place, and the copy's own outcome says what the replica holds.
+#
+# The claim remembers what the verdict must find unchanged: the replica's
+# generation, the repository's created_at and the replica's score (a
+# `praefect verify` mark since the claim changes it).
+#
+# KEYS: repo, due, claims, copy leases. ARGV: path, node, token, lease ms,
+# interval ms.
+# Returns {status, generation, created_at}; status 'claimed', 'held'
+# (another worker's unexpired claim), 'not-due', 'untracked', 'no-replica'
+# (the member is dropped from the due set in these two cases) or 'copying'.
+_CLAIM_VERIFICATION = r"""
+local path, node, token = ARGV[1], ARGV[2], ARGV[3]
+local now = redis_now_ms()
+local score = redis.call('ZSCORE', KEYS[2], path)
+if not score or tonumber(score) > now - tonumber(ARGV[5]) then return {'not-due', '', ''} end
+local held = redis.call('HGET', KEYS[3], path)
+if held then
+  local ok, claim = pcall(cjson.decode, held)
+  if ok and type(claim) == 'table' and tonumber(claim.expires) and tonumber(claim.expires) > now then
+    return {'held', '', ''}
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], path)
+  redis.call('HDEL', KEYS[3], path)
+  return {'untracked', '', ''}
+end
+local generation = redis.call('HGET', KEYS[1], 'g:' .. node)
+local assigned = false
+for _, name in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'assigned') or '[]')) do
+  if name == node then assigned = true end
+end
+if not generation or not assigned then
+  redis.call('ZREM', KEYS[2], path)
+  redis.call('HDEL', KEYS[3], path)
+  return {'no-replica', '', ''}
+end
+if copy_leases(KEYS[4], now)[node] then return {'copying', '', ''} end
+local created = redis.call('HGET', KEYS[1], 'created_at') or ''
+redis.call('HSET', KEYS[3], path, cjson.encode({
+  token = token, expires = string.format('%d', now + tonumber(ARGV[4])),
+  generation = generation, created = created, score = score}))
+return {'claimed', generation, created}
+"""
+
+# Record what the node said about a claimed replica, if the claim is still
+# ours and the answer still means something:
+# - the repository was deleted meanwhile: the replica leaves the due set
+#   ('untracked'); created again (another created_at): no verdict
+#   ('recreated'), it is checked again;
+# - exists: the replica's score becomes now ('verified'), unless a
+#   `praefect verify` mark came after the claim ('marked': the answer may
+#   predate what the operator wants checked, so the mark stays);
+# - missing: only if the replica still has the generation it had at the
+#   claim (a copy or a write that raised it since may have created the
+#   repository after the node answered: 'changed'), no copy is running
+#   into it ('copying') and no write to it is in flight (an open intent of
+#   a mutator forwarded to it, a RemoveRepository for instance, whose
+#   record has not happened yet: 'in-flight'). Then its generation is dropped (no reads, no
+#   elections), it leaves the due set (it is added back once repaired), and
+#   one replication event repairs it from the replica with the highest
+#   generation, the primary first on ties ('missing'). A primary gets no
+#   event, nothing is ever copied into a primary: 'missing-primary' (the
+#   caller moves the primary away, see _REPLACE_MISSING_PRIMARY). No other
+#   replica with a generation: 'missing-no-source'.
+# A replica whose generation was dropped meanwhile, or that is no longer
+# assigned, leaves the due set ('outdated'). The claim is released in every case but 'lost' (the claim
+# expired and another worker holds it now).
+#
+# KEYS: repo, version, changes, due, claims, copy leases, events(node),
+# intents.
+# ARGV: path, node, token, verdict ('exists' or 'missing'), maxlen, virtual
+# storage, trace (JSON).
+# Returns {status, verified at ms, version, state, repair source, its
+# generation (-1: none)}.
+_RECORD_VERIFICATION = r"""
+local path, node, token, verdict = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local held = redis.call('HGET', KEYS[5], path)
+local claim = nil
+if held then
+  local ok, decoded = pcall(cjson.decode, held)
+  if ok and type(decoded) == 'table' then claim = decoded end
+end
+if claim == nil or claim.token ~= token then return {'lost', 0, 0, '', '', -1} end
+redis.call('HDEL', KEYS[5], path)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[4], path)
+  return {'untracked', 0, 0, '', '', -1}
+end
+if (redis.call('HGET', KEYS[1], 'created_at') or '') ~= claim.created then
+  return {'recreated', 0, 0, '', '', -1}
+end
+local generation = redis.call('HGET', KEYS[1], 'g:' .. node)
+local assigned = false
+for _, name in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'assigned') or '[]')) do
+  if name == node then assigned = true end
+end
+if not generation or not assigned then
+  redis.call('ZREM', KEYS[4], path)
+  return {'outdated', 0, 0, '', '', -1}
+end
+local now = redis_now_ms()
+if verdict == 'exists' then
+  local score = redis.call('ZSCORE', KEYS[4], path)
+  if score and score ~= claim.score then return {'marked', 0, 0, '', '', -1} end
+  redis.call('ZADD', KEYS[4], now, path)
+  return {'verified', now, 0, '', '', -1}
+end
+if generation ~= claim.generation then return {'changed', 0, 0, '', '', -1} end
+if copy_leases(KEYS[6], now)[node] then return {'copying', 0, 0, '', '', -1} end
+for _, text in ipairs(redis.call('HVALS', KEYS[8])) do
+  local ok, intent = pcall(cjson.decode, text)
+  if ok and type(intent) == 'table' and intent.path == path and intent.node == node then
+    return {'in-flight', 0, 0, '', '', -1}
+  end
+end
+redis.call('HDEL', KEYS[1], 'g:' .. node)
+redis.call('ZREM', KEYS[4], path)
+local primary = redis.call('HGET', KEYS[1], 'primary') or ''
+local source, source_generation = '', -1
+if primary ~= node then
+  local order = {primary}
+  for _, name in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'assigned') or '[]')) do
+    order[#order + 1] = name
+  end
+  for _, name in ipairs(order) do
+    if name ~= '' and name ~= node then
+      local g = tonumber(redis.call('HGET', KEYS[1], 'g:' .. name) or '-1')
+      if g > source_generation then source, source_generation = name, g end
+    end
+  end
+end
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], path, ARGV[5])
+if primary == node then return {'missing-primary', 0, version, state, '', -1} end
+if source == '' then return {'missing-no-source', 0, version, state, '', -1} end
+redis.call('XADD', KEYS[7], '*',
+  'vs', ARGV[6], 'path', path, 'change', 'update', 'source', source, 'target', node,
+  'generation', source_generation, 'sequence', version,
+  'created_at', string.format('%.3f', now / 1000), 'trace', ARGV[7],
+  'attempt', 0, 'not_before', 0)
+return {'missing', 0, version, state, source, source_generation}
+"""
+
+# Give up a claim without a verdict (the node did not answer): only our own.
+# KEYS: claims. ARGV: path, token. Returns 1 if it was ours.
+_RELEASE_VERIFICATION = r"""
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return 0 end
+local ok, claim = pcall(cjson.decode, held)
+if ok and type(claim) == 'table' and claim.token == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# A primary whose replica verification found missing (it has no generation)
+# hands the role to the candidate that has every acknowledged write: assigned,
+# a generation of at least 'acked' (the failover plugin's field; without it,
+# the repository's generation) and no copy running into it (copy lease); the
+# highest generation wins, the earlier candidate on ties. The same call
+# queues the repair of the former primary from the new one.
+#
+# Only while the primary is still `expected` and still has no generation (an
+# operator's accept-dataloss may have made it authoritative again).
+#
+# KEYS: repo, version, changes, copy leases, events(expected).
+# ARGV: path, maxlen, virtual storage, expected primary, trace (JSON),
+# candidate... (nodes that answer, in order of preference).
+# Returns {status, primary, its generation, repository generation, version,
+# state}; status 'ok', 'none' (no candidate has every acknowledged write),
+# 'busy' (only candidates being copied into have), 'conflict' (the primary
+# is not `expected`), 'not-missing' or 'untracked'.
+_REPLACE_MISSING_PRIMARY = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'untracked', '', -1, -1, 0, ''} end
+local path, expected = ARGV[1], ARGV[4]
+local generation = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+local current = redis.call('HGET', KEYS[1], 'primary') or ''
+if current ~= expected then return {'conflict', current, -1, generation, 0, ''} end
+if redis.call('HGET', KEYS[1], 'g:' .. current) then
+  return {'not-missing', current, -1, generation, 0, ''}
+end
+local acked = tonumber(redis.call('HGET', KEYS[1], 'acked') or generation)
+if acked > generation then acked = generation end
+local assigned = {}
+for _, name in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'assigned') or '[]')) do
+  assigned[name] = true
+end
+local now = redis_now_ms()
+local leased = copy_leases(KEYS[4], now)
+local chosen, chosen_generation, busy = nil, -1, false
+for i = 6, #ARGV do
+  local name = ARGV[i]
+  local g = tonumber(redis.call('HGET', KEYS[1], 'g:' .. name) or '-1')
+  if name ~= current and assigned[name] and g >= 0 and g >= acked then
+    if leased[name] then
+      busy = true
+    elseif g > chosen_generation then
+      chosen, chosen_generation = name, g
+    end
+  end
+end
+if chosen == nil and busy then return {'busy', current, -1, generation, 0, ''} end
+if chosen == nil then return {'none', current, -1, generation, 0, ''} end
+redis.call('HSET', KEYS[1], 'primary', chosen)
+local version, state = publish_change(KEYS[2], KEYS[3], KEYS[1], path, ARGV[2])
+redis.call('XADD', KEYS[5], '*',
+  'vs', ARGV[3], 'path', path, 'change', 'update', 'source', chosen, 'target', current,
+  'generation', chosen_generation, 'sequence', version,
+  'created_at', string.format('%.3f', now / 1000), 'trace', ARGV[5],
+  'attempt', 0, 'not_before', 0)
+return {'ok', chosen, chosen_generation, generation, version, state}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
     """The scripts registered on one client (each keeps its SHA1 for EVALSHA)."""
@@ -425,6 +663,10 @@ class Scripts:
     elect_primary: AsyncScript
     set_assigned: AsyncScript
     trim_acknowledged: AsyncScript
+    claim_verification: AsyncScript
+    record_verification: AsyncScript
+    release_verification: AsyncScript
+    replace_missing_primary: AsyncScript
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> Scripts:
@@ -440,4 +682,8 @@ class Scripts:
             elect_primary=client.register_script(_PRELUDE + _ELECT_PRIMARY),
             set_assigned=client.register_script(_PRELUDE + _SET_ASSIGNED),
             trim_acknowledged=client.register_script(_TRIM_ACKNOWLEDGED),
+            claim_verification=client.register_script(_PRELUDE + _CLAIM_VERIFICATION),
+            record_verification=client.register_script(_PRELUDE + _RECORD_VERIFICATION),
+            release_verification=client.register_script(_RELEASE_VERIFICATION),
+            replace_missing_primary=client.register_script(_PRELUDE + _REPLACE_MISSING_PRIMARY),
         )

@@ -48,6 +48,7 @@ __all__ = [
     "MutationRecord",
     "PrimaryChange",
     "PrimaryCheck",
+    "PrimaryMissing",
     "PrimaryMoved",
     "RaiseStatus",
     "ReplicaRaise",
@@ -132,6 +133,33 @@ class PrimaryMoved(CallError):
         self.node = node
         self.primary = primary
         self.repaired = repaired
+
+
+class PrimaryMissing(CallError):
+    """A write on a primary whose replica verification found missing was refused.
+
+    The primary's repository is gone (a dead disk replaced by an empty one,
+    see :mod:`praefect.plugins.replication.verification`): its replica has no
+    generation, and a write into what is left there must never become the
+    repository's newest copy. FAILED_PRECONDITION: the repository takes
+    writes again once a replica with every acknowledged write is its primary
+    (the verification worker moves it there when one answers) or an operator
+    accepts the loss. ``metadata``: the repository as it is.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, metadata: RepositoryMetadata, node: str) -> None:
+        path = metadata.relative_path
+        super().__init__(
+            f"the primary of {path!r}, {node}, has lost its copy of the repository (verification "
+            f"found it missing), so the write was refused; it is accepted again once a replica "
+            f"that has every acknowledged write becomes the primary: see `praefect metadata "
+            f"--relative-path {path}` and `praefect dataloss`, and `praefect accept-dataloss` "
+            "when no replica has them"
+        )
+        self.metadata = metadata
+        self.node = node
 
 
 def canonical_assignment(nodes: Iterable[str]) -> str:
@@ -337,6 +365,10 @@ class RepositoryStore:
         if self.on_change is not None and version:
             self.on_change(StateChange.from_state(virtual_storage, path, version, state))
 
+    def note_change(self, virtual_storage: str, path: str, version: int, state: str) -> None:
+        """Tell ``on_change`` about a change a script outside this class made (``version`` 0: none)."""
+        self._changed(virtual_storage, path, version, state)
+
     # ------------------------------------------------------------- reads
 
     async def get(self, virtual_storage: str, relative_path: str) -> RepositoryMetadata | None:
@@ -424,6 +456,9 @@ class RepositoryStore:
         :class:`PrimaryMoved` is raised; with ``PrimaryCheck.REPAIR`` the
         same atomic call drops ``source``'s replica generation, queues a
         replication from the primary to ``source`` and clears the intent.
+        With any check, a change (not a delete) from a primary whose replica
+        has no generation (verification found it missing) is refused with
+        :class:`PrimaryMissing` and the intent cleared.
         """
         keys = self.keys(virtual_storage)
         nodes = sorted(set(assigned) | ({source} if source else set()))
@@ -471,6 +506,11 @@ class RepositoryStore:
             if status == "exists":
                 raise RepositoryAlreadyTracked(
                     RepositoryMetadata.from_hash(virtual_storage, relative_path, json.loads(state))
+                )
+            if status == "missing":
+                raise PrimaryMissing(
+                    RepositoryMetadata.from_hash(virtual_storage, relative_path, json.loads(state)),
+                    source,
                 )
             if status == "moved":
                 self._changed(virtual_storage, relative_path, int(version), state)
@@ -532,7 +572,9 @@ class RepositoryStore:
         replica is outdated and gets an event to replicate from ``storage``.
         ``only_if_primary``: only while ``storage`` is the primary, else
         :class:`PrimaryMoved` and nothing changes (a repair on behalf of a
-        primary that another election may have replaced meanwhile).
+        primary that another election may have replaced meanwhile), and only
+        while ``storage`` has a generation, else :class:`PrimaryMissing`
+        (verification found its replica gone meanwhile).
         """
         metadata = await self.require(virtual_storage, relative_path)
         return await self.record_mutation(

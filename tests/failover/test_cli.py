@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from praefect.plugins.failover.votes import HealthVotes
 from praefect.plugins.replication.state import RepositoryStore
+from praefect.plugins.replication.verification_store import VerificationStore
 from tests.support.failover_cluster import NAMES, VS
 from tests.support.failover_commands import praefect, repository_after_writes
 
@@ -104,6 +105,7 @@ async def test_metadata_shows_primary_generations_health_and_assignment(
 ) -> None:
     await repository(store, "a.git", writes=3, behind={"gitaly-3": 2})
     await HealthVotes(client, window=5).vote(VS, "router-1", {"gitaly-1": False})
+    await VerificationStore(store).mark(VS, [("gitaly-2", "a.git")])
     status, out = await praefect(settings_file, "metadata", "--relative-path", "a.git")
     assert status == 0, out
     assert "Primary: gitaly-1" in out and "Generation: 3" in out
@@ -113,3 +115,5 @@ async def test_metadata_shows_primary_generations_health_and_assignment(
     assert "primary" in rows["gitaly-1"] and "no (down since" in rows["gitaly-1"]
     assert "behind by 2 changes" in rows["gitaly-3"] and "yes" in rows["gitaly-3"]
     assert set(rows) == set(NAMES)
+    assert "marked, due now" in rows["gitaly-2"], "praefect verify's mark is shown"
+    assert rows["gitaly-3"].rstrip("│ ").endswith("-"), "never verified"
