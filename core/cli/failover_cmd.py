@@ -26,10 +26,10 @@ from typing import TypeVar
 
 import click
 import redis.asyncio as aioredis
-from rich.console import Console
 from rich.table import Table
 
 from praefect.core.cli import main as _main
+from praefect.core.cli.console import one_virtual_storage, table_console
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.redis_access import FAILURE, fail, run_on_redis
@@ -79,26 +79,11 @@ def _run(settings: Config, work: Callable[[_Redis], Awaitable[T]]) -> T:
     return run_on_redis(settings, with_state)
 
 
-def _virtual_storage(settings: Config, chosen: str | None) -> str:
-    names: tuple[str, ...] = tuple(settings.virtual_storage_names)
-    if chosen is not None:
-        if chosen not in names:
-            fail(f"unknown virtual storage {chosen!r}: the settings have {', '.join(names)}")
-        return chosen
-    if len(names) != 1:
-        fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
-    return names[0]
-
-
 def _node(settings: Config, vs: str, name: str) -> str:
     nodes: tuple[str, ...] = settings.virtual_storage(vs).node_names
     if name not in nodes:
         fail(f"node {name!r} is not in virtual storage {vs!r} (it has {', '.join(nodes)})")
     return name
-
-
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
 
 
 _VS_OPTION = click.option(
@@ -156,7 +141,7 @@ def failover_command(
     command waits up to --copy-wait seconds for it to end, then refuses.
     """
     settings = load_config_or_exit(config, secrets)
-    vs = _virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
     _node(settings, vs, target)
 
     async def move_all(redis: _Redis) -> list[Move]:
@@ -189,7 +174,7 @@ def failover_command(
         table.add_column(column)
     for move in moves:
         table.add_row(move.path, move.before, move.result)
-    console = _console()
+    console = table_console()
     console.print(table)
     refused = [move for move in moves if move.refused]
     moved = sum(1 for move in moves if move.moved)
@@ -239,7 +224,7 @@ def accept_dataloss_command(
     --copy-wait seconds for it to end.
     """
     settings = load_config_or_exit(config, secrets)
-    vs = _virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
     _node(settings, vs, authoritative)
 
     async def accept(redis: _Redis) -> list[str]:
@@ -306,7 +291,7 @@ def metadata_command(
 ) -> None:
     """Show a repository's primary, generation, and per replica its state."""
     settings = load_config_or_exit(config, secrets)
-    vs = _virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
 
     configured = settings.virtual_storage(vs).node_names
 
@@ -328,7 +313,7 @@ def metadata_command(
 
     seen = _run(settings, read)
     repo, acked, view, copies, names = seen.repo, seen.acked, seen.view, seen.copies, seen.names
-    console = _console()
+    console = table_console()
     console.print(f"Repository {relative_path} in virtual storage {vs}")
     console.print(f"  Primary: {repo.primary}")
     console.print(f"  Generation: {repo.generation}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from praefect.core.cli import main
@@ -17,9 +16,9 @@ def plugins_command(config: Path | None, secrets: Path | None) -> None:
     Default plugins come first, then those installed through the 'praefect'
     entry-point group; names in plugins.blocked are left out.
     """
-    from rich.console import Console
     from rich.table import Table
 
+    from praefect.core.cli.console import table_console
     from praefect.core.plugin_manager import build_plugin_manager, plugin_infos
 
     settings = load_config_or_exit(config, secrets, require_virtual_storages=False)
@@ -31,7 +30,7 @@ def plugins_command(config: Path | None, secrets: Path | None) -> None:
     table.add_column("hooks")
     for info in plugin_infos(pm):
         table.add_row(info.name, info.version, info.source, ", ".join(info.hooks) or "-")
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = table_console()
     console.print(table)
     if settings.plugins.blocked:
         console.print(f"blocked: {', '.join(settings.plugins.blocked)}")

@@ -20,10 +20,10 @@ import click
 import grpc
 from grpc import aio
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.table import Table
 
 from praefect.core.cli import main as _main
+from praefect.core.cli.console import one_virtual_storage, table_console, virtual_storages
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.process_telemetry import process_telemetry
@@ -54,28 +54,6 @@ config_option: Callable[[Callable[..., None]], Callable[..., None]] = _config_op
 def _run(settings: Config, work: Callable[[RepositoryStore], Awaitable[T]]) -> T:
     """Run ``work`` with a store on the settings' Redis; Redis trouble exits with a message."""
     return run_on_redis(settings, lambda client: work(RepositoryStore(client)))
-
-
-def _virtual_storages(settings: Config, chosen: str | None) -> tuple[str, ...]:
-    if chosen is None:
-        return tuple(settings.virtual_storage_names)
-    if chosen not in settings.virtual_storage_names:
-        known = ", ".join(settings.virtual_storage_names)
-        fail(f"unknown virtual storage {chosen!r}: the settings have {known}")
-    return (chosen,)
-
-
-def _one_virtual_storage(settings: Config, chosen: str | None) -> str:
-    names = _virtual_storages(settings, chosen)
-    if len(names) != 1:
-        fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
-    return names[0]
-
-
-def _console() -> Console:
-    # Piped output gets room for long paths rather than rich's 80 columns.
-    width = None if sys.stdout.isatty() else 250
-    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def _table(title: str, *columns: str, numeric: tuple[str, ...] = ()) -> Table:
@@ -124,7 +102,7 @@ def replication_group() -> None:
 def status_command(config: Path | None, secrets: Path | None, virtual_storage: str | None) -> None:
     """Per target node: events pending, age of the oldest, dead-lettered events."""
     settings = load_config_or_exit(config, secrets)
-    names = _virtual_storages(settings, virtual_storage)
+    names = virtual_storages(settings, virtual_storage)
 
     async def collect(store: RepositoryStore) -> list[tuple[str, str, int, int, float | None, int]]:
         rows = []
@@ -146,7 +124,7 @@ def status_command(config: Path | None, secrets: Path | None, virtual_storage: s
     )
     for vs, node, pending, in_progress, age, dead in rows:
         table.add_row(vs, node, str(pending), str(in_progress), _age(age), str(dead))
-    _console().print(table)
+    table_console().print(table)
 
 
 # ----------------------------------------------------------- dataloss
@@ -158,13 +136,13 @@ def status_command(config: Path | None, secrets: Path | None, virtual_storage: s
 def dataloss_command(config: Path | None, secrets: Path | None, virtual_storage: str | None) -> None:
     """List repositories whose replicas are not all up to date."""
     settings = load_config_or_exit(config, secrets)
-    names = _virtual_storages(settings, virtual_storage)
+    names = virtual_storages(settings, virtual_storage)
 
     async def collect(store: RepositoryStore) -> dict[str, list[RepositoryMetadata]]:
         return {vs: await store.outdated_repositories(vs) for vs in names}
 
     outdated = _run(settings, collect)
-    console = _console()
+    console = table_console()
     if not any(outdated.values()):
         console.print("All repositories are up to date")
         return
@@ -213,7 +191,7 @@ def track_repository_command(
 ) -> None:
     """Start tracking a repository that exists on one node; replicate it to the others."""
     settings = load_config_or_exit(config, secrets)
-    vs = _one_virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
     vs_config = settings.virtual_storage(vs)
     primary = authoritative or vs_config.primary.name
     if primary not in vs_config.node_names:
@@ -262,7 +240,7 @@ def remove_repository_command(
 ) -> None:
     """Stop tracking a repository and delete it from every node."""
     settings = load_config_or_exit(config, secrets)
-    vs = _one_virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
     node_names = settings.virtual_storage(vs).node_names
 
     async def remove(store: RepositoryStore) -> list[str]:

@@ -15,11 +15,9 @@ from pathlib import Path
 import click
 
 from praefect.core.cli import main
+from praefect.core.cli.console import table_console, virtual_storages
 from praefect.core.cli.options import config_option, load_config_or_exit
-from praefect.settings import Config, VirtualStorageConfig
-
-#: exit status for an unknown --virtual-storage
-UNKNOWN_VIRTUAL_STORAGE = 1
+from praefect.settings import VirtualStorageConfig
 
 
 @main.command("list-storages")
@@ -40,12 +38,11 @@ def list_storages_command(
     starts; each repository's current primary is in `praefect metadata`.
     """
     settings = load_config_or_exit(config, secrets)
-    storages = _chosen(settings, virtual_storage)
+    storages = tuple(settings.virtual_storage(name) for name in virtual_storages(settings, virtual_storage))
     if as_json:
         json.dump({vs.name: _nodes_json(vs) for vs in storages}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="praefect storages")
@@ -54,17 +51,7 @@ def list_storages_command(
     for vs in storages:
         for node in vs.nodes:
             table.add_row(vs.name, node.name, node.address, "yes" if node.primary else "")
-    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
-
-
-def _chosen(settings: Config, name: str | None) -> tuple[VirtualStorageConfig, ...]:
-    if name is None:
-        return settings.virtual_storages
-    if name not in settings.virtual_storage_names:
-        known = ", ".join(settings.virtual_storage_names)
-        click.echo(f"error: unknown virtual storage {name!r}: the settings have {known}", err=True)
-        sys.exit(UNKNOWN_VIRTUAL_STORAGE)
-    return (settings.virtual_storage(name),)
+    table_console().print(table)
 
 
 def _nodes_json(vs: VirtualStorageConfig) -> list[dict[str, object]]:

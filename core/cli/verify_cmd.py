@@ -12,17 +12,16 @@ repaired from an up-to-date one (see ``docs/replication.md``).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import redis.asyncio as aioredis
-from rich.console import Console
 from rich.table import Table
 
 from praefect.core.cli import main as _main
+from praefect.core.cli.console import one_virtual_storage, table_console
 from praefect.core.cli.options import config_option as _config_option
 from praefect.core.cli.options import load_config_or_exit
 from praefect.core.cli.redis_access import fail, run_on_redis
@@ -32,7 +31,6 @@ from praefect.plugins.replication.verification_store import (
     VerificationStore,
     describe_verification,
 )
-from praefect.settings import Config
 
 # Typed names for the shared group and option (mypy run on file paths cannot
 # follow the editable install's praefect.* imports and would see Any).
@@ -52,22 +50,6 @@ class _RepositoryMarks:
     repository: RepositoryMetadata
     #: the replicas' entries before the mark
     before: dict[str, ReplicaVerification]
-
-
-def _virtual_storage(settings: Config, chosen: str | None) -> str:
-    names: tuple[str, ...] = tuple(settings.virtual_storage_names)
-    if chosen is not None:
-        if chosen not in names:
-            fail(f"unknown virtual storage {chosen!r}: the settings have {', '.join(names)}")
-        return chosen
-    if len(names) != 1:
-        fail(f"several virtual storages are configured ({', '.join(names)}): give --virtual-storage")
-    return names[0]
-
-
-def _console() -> Console:
-    width = None if sys.stdout.isatty() else 250
-    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 @main.command("verify")
@@ -103,7 +85,7 @@ def verify_command(
     if (node is None) == (relative_path is None):
         raise click.UsageError("give --node NODE or --relative-path PATH (one of them)")
     settings = load_config_or_exit(config, secrets)
-    vs = _virtual_storage(settings, virtual_storage)
+    vs = one_virtual_storage(settings, virtual_storage)
     if node is not None:
         names = settings.virtual_storage(vs).node_names
         if node not in names:
@@ -184,7 +166,7 @@ def _print_repository(result: _RepositoryMarks) -> None:
         table.add_row(
             name, role, str(have), describe_verification(result.before.get(name)), "yes"
         )
-    _console().print(table)
+    table_console().print(table)
     marked = len(result.before)
     noun = "replica" if marked == 1 else "replicas"
     click.echo(
