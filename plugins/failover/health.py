@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from praefect.core.routing_types import NodeRef
+from praefect.core.waits import wait_for_event
 from praefect.plugins.failover.probe import NodeCheck, check_node
 from praefect.plugins.failover.votes import HealthVotes, Tally
 
@@ -170,13 +171,13 @@ class HealthChecker:
                 if not result.healthy:
                     log.info("health check of %s failed: %s", node, result.reason)
                 self._changed.set()
-            await _wait(soon, self.interval - (loop.time() - started))
+            await wait_for_event(soon, self.interval - (loop.time() - started))
 
     # ------------------------------------------------------------- votes
 
     async def _vote_loop(self) -> None:
         while True:
-            await _wait(self._changed, self.interval)
+            await wait_for_event(self._changed, self.interval)
             self._changed.clear()
             try:
                 await self.vote_round()
@@ -237,17 +238,3 @@ class HealthChecker:
                 log.info(
                     "node %s is %s (recorded by another router)", node, "up" if healthy else "down"
                 )
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Until ``event`` is set or ``seconds`` passed.
-
-    Not ``asyncio.timeout`` around ``event.wait()``: on Python 3.11 a
-    cancellation that arrives as the timeout expires turns into the
-    TimeoutError that the caller suppresses, and the loop never stops.
-    """
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=max(0.0, seconds))
-    finally:
-        waiter.cancel()

@@ -62,6 +62,7 @@ from grpc import aio
 from redis.exceptions import RedisError
 
 from praefect.core.telemetry.metrics import ReplicationMetrics
+from praefect.core.waits import wait_for_event
 from praefect.plugins.replication.cache import StateCache
 from praefect.plugins.replication.nodes import NodeClients
 from praefect.plugins.replication.redis_io import raise_if_cancelling
@@ -291,9 +292,7 @@ class VerificationWorker:
             raise_if_cancelling()
             if self._more:
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.pass_interval):
-                    await self._wake.wait()
+            await wait_for_event(self._wake, self.settings.pass_interval)
 
     # -------------------------------------------------------------- a pass
 

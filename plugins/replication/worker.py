@@ -70,6 +70,7 @@ from redis.exceptions import RedisError
 from praefect.core.mutation import ChangeType
 from praefect.core.telemetry.metrics import ReplicationMetrics
 from praefect.core.telemetry.replication import node_call_span, replay_span
+from praefect.core.waits import wait_for_event
 from praefect.plugins.replication.events import EventDecodeError, ReplicationEvent
 from praefect.plugins.replication.keys import VirtualStorageKeys, group_name
 from praefect.plugins.replication.nodes import NodeClients
@@ -278,9 +279,7 @@ class ReplicationWorker:
                 # A Redis command above may have swallowed a cancellation
                 # (see redis_io): notice it before waiting up to trim_interval.
                 raise_if_cancelling()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, wait)):
-                        await self._wake.wait()
+                await wait_for_event(self._wake, wait)
                 self._wake.clear()
         finally:
             reader.cancel()

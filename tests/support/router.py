@@ -75,8 +75,42 @@ async def running_router(
     """An in-process router on a free loopback port; stopped on exit."""
     config = RouterConfig(settings, listen_addr="127.0.0.1:0", install_signal_handlers=False)
     server = RouterServer(config, extra_plugins=extra_plugins, load_entry_points=load_entry_points)
-    async with server:
+    await server.startup()
+    try:
         yield server
+    finally:
+        await _shutdown_within(server, ROUTER_STOP_SECONDS)
+
+
+#: how long an in-process router may take to stop before the test fails
+ROUTER_STOP_SECONDS = 30.0
+
+
+async def _shutdown_within(server: RouterServer, seconds: float) -> None:
+    """``shutdown(grace=0)``, failing with the tasks still running if it takes longer.
+
+    A stop that hangs would otherwise surface only as the test's timeout,
+    with no sign of what the router was waiting for.
+    """
+    import asyncio
+    import io
+
+    stopping = asyncio.ensure_future(server.shutdown(grace=0))
+    done, _ = await asyncio.wait({stopping}, timeout=seconds)
+    if done:
+        stopping.result()
+        return
+    current = asyncio.current_task()
+    running = []
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        stack = io.StringIO()
+        task.print_stack(limit=8, file=stack)
+        running.append(stack.getvalue())
+    raise AssertionError(
+        f"the router did not stop within {seconds:.0f} s; tasks still running:\n" + "\n".join(running)
+    )
 
 
 def processes_matching(*needles: str) -> list[int]:
