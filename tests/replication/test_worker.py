@@ -113,7 +113,8 @@ async def test_events_of_one_repository_are_coalesced(
     worker = await run_worker(node_clients, "gitaly-2")
 
     async def done() -> bool:
-        return await _settled(client, "gitaly-2")
+        # The worker counts an acknowledgement once Redis has answered the XACK.
+        return await _settled(client, "gitaly-2") and worker.stats.events_acked == 5
 
     await eventually(done, what="the five events to be acknowledged")
     assert worker.stats.replicate_calls == 1, "five events, one ReplicateRepository"
@@ -173,7 +174,10 @@ async def test_failures_back_off_and_end_in_the_dead_letter_stream(
         worker = await run_worker(clients, "gitaly-down", settings=no_trim)
 
         async def dead() -> bool:
-            return int(await client.xlen(KEYS.dead_letters("gitaly-down"))) == 1
+            # The worker counts the dead letter only once Redis has answered
+            # the MULTI that wrote it, after the letter is visible here.
+            in_stream = int(await client.xlen(KEYS.dead_letters("gitaly-down"))) == 1
+            return in_stream and worker.stats.dead_lettered == 1
 
         await eventually(dead, what="the event to be dead-lettered")
     finally:

@@ -160,9 +160,11 @@ async def test_an_event_whose_target_became_the_primary_is_acknowledged_without_
 
     with in_memory_tracing() as exporter, caplog.at_level(logging.INFO, logger=WORKER_LOG):
         worker = await run_worker(clients, "gitaly-2")
-        await eventually(
-            lambda: _settled(client, "gitaly-2"), what="gitaly-2's events to be acknowledged"
-        )
+        async def acknowledged() -> bool:
+            # counted once Redis has answered the XACK, after it is visible here
+            return await _settled(client, "gitaly-2") and worker.stats.events_acked == 2
+
+        await eventually(acknowledged, what="gitaly-2's events to be acknowledged")
         await worker.stop()
         spans = Spans.from_exporter(exporter)
 
