@@ -20,7 +20,6 @@ import pytest
 from grpc import aio
 
 from praefect.core.server import RouterServer
-from praefect.plugins.replication.plugin import replication_runtime
 from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.plugins.replication.verification_store import (
     VerdictStatus,
@@ -42,6 +41,7 @@ from tests.support.replication_cluster import (
     ReplicaNode,
     eventually,
     refs_of,
+    runtime_of_router,
     short_tmp_dir,
     start_nodes,
 )
@@ -64,10 +64,7 @@ class Cluster:
 
     @property
     def runtime(self) -> ReplicationRuntime:
-        assert self.router.router is not None
-        runtime = replication_runtime(self.router.router)
-        assert runtime is not None
-        return runtime
+        return runtime_of_router(self.router)
 
     def repository(self) -> shared_pb2.Repository:
         return shared_pb2.Repository(storage_name=VS, relative_path=PATH)

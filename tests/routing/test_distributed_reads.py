@@ -17,7 +17,6 @@ import pytest
 from grpc import aio
 
 from praefect.core.server import RouterServer
-from praefect.plugins.replication.plugin import replication_runtime
 from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.plugins.routing.reads import ACCESSOR_POLICY_HEADER, PRIMARY_ONLY
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc
@@ -28,6 +27,7 @@ from tests.support.replication_cluster import (
     ReplicaNode,
     eventually,
     make_bare_repo,
+    runtime_of_router,
     short_tmp_dir,
     start_nodes,
 )
@@ -56,10 +56,7 @@ class ReadCluster:
 
     @property
     def runtime(self) -> ReplicationRuntime:
-        assert self.router.router is not None
-        runtime = replication_runtime(self.router.router)
-        assert runtime is not None
-        return runtime
+        return runtime_of_router(self.router)
 
     def served(self, method: str, path: str) -> Counter[str]:
         """Calls of ``method`` on ``path`` that each node logged so far."""

@@ -10,14 +10,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from praefect.plugins.replication.events import ReplicationEvent
 from praefect.plugins.replication.keys import VirtualStorageKeys
 from praefect.plugins.replication.nodes import NodeClients, NodeEndpoint
+from praefect.plugins.replication.plugin import replication_runtime
+from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.plugins.replication.worker import ReplicationWorker, WorkerSettings
 from tests.support.gitenv import git, make_work_repo
 from tests.support.processes import ServerProcess, start_node
+
+if TYPE_CHECKING:
+    from praefect.core.server import RouterServer
 
 NODE_TOKEN = "replication-node-token"
 VS = "praefect"
@@ -143,3 +148,11 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def runtime_of_router(server: RouterServer) -> ReplicationRuntime:
+    """The replication runtime of a started in-process router."""
+    assert server.router is not None, "the router is not started"
+    runtime = replication_runtime(server.router)
+    assert runtime is not None, "the replication plugin did not start"
+    return runtime

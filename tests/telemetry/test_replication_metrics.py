@@ -20,7 +20,6 @@ from grpc import aio
 
 from praefect.core.server import RouterServer
 from praefect.core.telemetry import TELEMETRY, router_metrics
-from praefect.plugins.replication.plugin import replication_runtime
 from praefect.plugins.replication.runtime import ReplicationRuntime
 from praefect.protos.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from praefect.settings import Config
@@ -31,6 +30,7 @@ from tests.support.replication_cluster import (
     NODE_TOKEN,
     ReplicaNode,
     eventually,
+    runtime_of_router,
     short_tmp_dir,
     start_nodes,
     unreachable_node,
@@ -64,10 +64,7 @@ class Cluster:
 
     @property
     def runtime(self) -> ReplicationRuntime:
-        assert self.router.router is not None
-        runtime = replication_runtime(self.router.router)
-        assert runtime is not None, "the replication plugin did not start"
-        return runtime
+        return runtime_of_router(self.router)
 
     @property
     def metrics_addr(self) -> str:
